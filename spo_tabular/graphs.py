@@ -1,0 +1,51 @@
+"""Comparison-graph structure per context: does the preference loss have a finite, unique minimiser?
+
+SPEC §6. Edge i → j when i beats j with positive mass. Per context: strongly connected ⇒ unique
+finite minimiser; several strongly connected components with no edge between them ⇒ a continuum
+of minimisers (the mass between components is free); an edge between components ⇒ no finite
+minimiser (the loser's probability runs to 0). Zermelo (1929), Ford (1957).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+
+@dataclass(frozen=True)
+class GraphReport:
+    """Per-context structure: n_components (m,) strongly connected components, unbounded (m,) bool."""
+
+    n_components: np.ndarray
+    unbounded: np.ndarray
+
+    @property
+    def unique(self) -> np.ndarray:
+        """(m,) bool: a unique finite minimiser exists (strongly connected)."""
+        return self.n_components == 1
+
+    @property
+    def non_unique(self) -> np.ndarray:
+        """(m,) bool: minimisers exist but form a continuum (disconnected, no one-way edges)."""
+        return (self.n_components > 1) & ~self.unbounded
+
+
+def comparison_graph(beats: np.ndarray) -> GraphReport:
+    """Analyse beats[x, i, j] > 0 (i beat j in context x), shape (m, n, n), for every context at once."""
+    m, n, _ = beats.shape
+    off_diagonal = ~np.eye(n, dtype=bool)
+    if np.all(beats[:, off_diagonal] > 0):               # every pair both ways: strongly connected
+        return GraphReport(n_components=np.ones(m, dtype=np.int64), unbounded=np.zeros(m, dtype=bool))
+    x, i, j = np.nonzero(beats > 0)
+    # One block-diagonal graph over m·n nodes: node x·n + i.
+    src, dst = x * n + i, x * n + j
+    graph = coo_matrix((np.ones(src.shape[0]), (src, dst)), shape=(m * n, m * n)).tocsr()
+    _, labels = connected_components(graph, directed=True, connection="strong")
+    labels = labels.reshape(m, n)
+    n_components = 1 + (np.diff(np.sort(labels, axis=1), axis=1) != 0).sum(axis=1)
+    crossing = labels[x, i] != labels[x, j]           # an edge between two components: one-way
+    unbounded = np.zeros(m, dtype=bool)
+    unbounded[x[crossing]] = True
+    return GraphReport(n_components=n_components, unbounded=unbounded)

@@ -1,0 +1,71 @@
+"""Exact tabular metrics between policies (SPEC §7). Policies are (n_contexts, n_actions) arrays."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import xlogy
+
+from . import _validation as v
+
+
+def _policy(name, p, shape=None):
+    arr = v.float_array(name, p, ndim=2, shape=shape)
+    if np.any(arr < 0):
+        raise ValueError(f"{name} must be non-negative probabilities")
+    off = np.max(np.abs(arr.sum(axis=1) - 1.0))
+    if off > 1e-6:
+        raise ValueError(f"{name} rows must sum to 1; off by up to {off:.3g}")
+    return arr
+
+
+def _pair(p, q):
+    p = _policy("p", p)
+    return p, _policy("q", q, shape=p.shape)
+
+
+def tv(p, q) -> np.ndarray:
+    """Total variation ½ Σ_y |p − q| per context, shape (n_contexts,)."""
+    p, q = _pair(p, q)
+    return 0.5 * np.abs(p - q).sum(axis=1)
+
+
+def kl(p, q) -> np.ndarray:
+    """KL(p ‖ q) = Σ_y p log(p/q) per context, shape (n_contexts,); inf where q = 0 < p."""
+    p, q = _pair(p, q)
+    with np.errstate(divide="ignore"):
+        return np.maximum(xlogy(p, p).sum(axis=1) - xlogy(p, q).sum(axis=1), 0.0)
+
+
+def max_abs_log_ratio(p, q) -> np.ndarray:
+    """max_y |log p − log q| per context, shape (n_contexts,)."""
+    p, q = _pair(p, q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.abs(np.log(p) - np.log(q))
+    return np.nan_to_num(d, nan=0.0).max(axis=1)
+
+
+def entropy(p) -> np.ndarray:
+    """Shannon entropy −Σ_y p log p per context (nats), shape (n_contexts,)."""
+    p = _policy("p", p)
+    return -xlogy(p, p).sum(axis=1)
+
+
+def expected_reward(rewards, p) -> np.ndarray:
+    """E_{y∼p}[r(x, y)] per context, shape (n_contexts,)."""
+    r = v.float_array("rewards", rewards, ndim=2)
+    return (_policy("p", p, shape=r.shape) * r).sum(axis=1)
+
+
+def win_rate(problem, policy, other, preference=None) -> float:
+    """WR(π, π') = Σ_x ρ_x Σ_ij π(i|x) π'(j|x) P[x,i,j] with P[x,i,i] = ½, a float in [0, 1]."""
+    from .preferences import preference_matrix
+    shape = (problem.n_contexts, problem.n_actions)
+    p, q = _policy("policy", policy, shape=shape), _policy("other", other, shape=shape)
+    P = preference_matrix(problem, preference).copy()
+    n = problem.n_actions
+    P[:, np.arange(n), np.arange(n)] = 0.5
+    return float(np.einsum("x,xi,xj,xij->", problem.context_probs, p, q, P))
+
+
+def weighted_mean(values, context_probs) -> float:
+    """Σ_x ρ_x values_x."""
+    return float(np.dot(context_probs, values))

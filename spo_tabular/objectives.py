@@ -1,0 +1,179 @@
+"""Exact tabular objectives with closed-form gradients and Hessians (SPEC §5).
+
+    L(z) = Σ_{x,i,j} W[x,i,j] ℓ(z_xi − z_xj − c[x,i,j])  +  β Σ_x ρ_x KL(π_z(·|x) ‖ π_ref(·|x))
+
+ℓ is a scalar margin loss (for SPO, ℓ(d) = −(1/α) log σ(α d)); c an optional per-pair offset.
+Contexts are independent, so values come per context (m,), gradients (m, n) and Hessians
+(m, n, n). The preference Hessian is a weighted graph Laplacian; the KL Hessian is
+diagonal-plus-low-rank and not positive definite everywhere. Work is in torch float64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+DTYPE = torch.float64
+
+
+@dataclass(frozen=True)
+class MarginLoss:
+    """A scalar loss ℓ(d) of the pair margin d with its first and second derivatives (elementwise)."""
+
+    name: str
+    value: Callable[[Tensor], Tensor]
+    d1: Callable[[Tensor], Tensor]
+    d2: Callable[[Tensor], Tensor]
+
+
+def spo_margin(alpha: float) -> MarginLoss:
+    """SPO: ℓ(d) = −(1/α) log σ(α d); ℓ' = −σ(−α d); ℓ'' = α σ(α d) σ(−α d)."""
+    return MarginLoss(
+        name="spo",
+        value=lambda d: -F.logsigmoid(alpha * d) / alpha,
+        d1=lambda d: -torch.sigmoid(-alpha * d),
+        # σ(t)σ(−t) = exp(logσ(t) + logσ(−t)) stays accurate where σ(−t) underflows.
+        d2=lambda d: alpha * torch.exp(F.logsigmoid(alpha * d) + F.logsigmoid(-alpha * d)),
+    )
+
+
+def as_tensor(x) -> Tensor:
+    """float64 torch view of an array-like."""
+    if torch.is_tensor(x):
+        return x.to(DTYPE)
+    return torch.from_numpy(np.array(x, dtype=np.float64))   # a copy: inputs may be read-only
+
+
+class PairwiseObjective:
+    """L(z) of SPEC §5 for pair mass W (m, n, n), margin loss ℓ, KL weight β, π_ref (m, n), ρ (m,)."""
+
+    def __init__(self, pair_mass, margin: MarginLoss, *, beta: float, log_ref, context_probs,
+                 offset=None):
+        self.W = as_tensor(pair_mass)                    # (m, n, n)
+        self.margin = margin
+        self.beta = float(beta)
+        self.log_ref = as_tensor(log_ref)                # (m, n)
+        self.context_probs = as_tensor(context_probs)    # (m,)
+        self.offset = None if offset is None else as_tensor(offset)  # (m, n, n)
+        self.n_contexts, self.n_actions = self.log_ref.shape
+
+    # -- preference term ---------------------------------------------------------------------
+    def _margins(self, z: Tensor) -> Tensor:
+        d = z[:, :, None] - z[:, None, :]                # (m, n, n): d[x, i, j] = z_xi − z_xj
+        return d if self.offset is None else d - self.offset
+
+    def preference_values(self, z: Tensor) -> Tensor:
+        """Σ_ij W ℓ(d) per context, shape (m,)."""
+        return (self.W * self.margin.value(self._margins(z))).sum(dim=(1, 2))
+
+    def preference_grad(self, z: Tensor) -> Tensor:
+        """∂/∂z of the preference term, shape (m, n)."""
+        G = self.W * self.margin.d1(self._margins(z))    # (m, n, n)
+        return G.sum(dim=2) - G.sum(dim=1)
+
+    def _preference_grad_hess(self, z: Tensor):
+        d = self._margins(z)
+        G = self.W * self.margin.d1(d)
+        A = self.W * self.margin.d2(d)
+        A = A + A.transpose(1, 2)                        # Laplacian edge weights, symmetric
+        return G.sum(dim=2) - G.sum(dim=1), _laplacian(A)
+
+    # -- KL term -----------------------------------------------------------------------------
+    def kl(self, z: Tensor) -> Tensor:
+        """KL(π_z ‖ π_ref) per context, shape (m,)."""
+        logp = torch.log_softmax(z, dim=-1)
+        return (logp.exp() * (logp - self.log_ref)).sum(dim=-1)
+
+    def _kl_grad_hess(self, z: Tensor, need_hess: bool = True):
+        # With g = log π − log π_ref and v = g − KL: ∇KL = π⊙v and
+        # ∇²KL = diag(π(1+v)) − ππᵀ − (π⊙v)πᵀ − π(π⊙v)ᵀ.
+        logp = torch.log_softmax(z, dim=-1)
+        p = logp.exp()
+        g = logp - self.log_ref
+        vv = g - (p * g).sum(dim=-1, keepdim=True)
+        pv = p * vv
+        if not need_hess:
+            return pv, None
+        # The three rank-one terms as one batched product: [p, pv] @ [p + pv, p]ᵀ.
+        U = torch.stack((p, pv), dim=2)                  # (m, n, 2)
+        V = torch.stack((p + pv, p), dim=2)              # (m, n, 2)
+        H = -torch.bmm(U, V.transpose(1, 2))
+        H.diagonal(dim1=1, dim2=2).add_(p * (1.0 + vv))
+        return pv, H
+
+    # -- totals ------------------------------------------------------------------------------
+    def context_mass(self) -> Tensor:
+        """Σ_ij W[x] + β ρ_x per context, shape (m,): the scale of context x's gradient."""
+        return self.W.sum(dim=(1, 2)) + self.beta * self.context_probs
+
+    def values(self, z: Tensor) -> Tensor:
+        """Per-context objective f_x(z_x), shape (m,); L = Σ_x f_x."""
+        f = self.preference_values(z)
+        if self.beta:
+            f = f + self.beta * self.context_probs * self.kl(z)
+        return f
+
+    def value(self, z: Tensor) -> float:
+        """L(z), a float."""
+        return float(self.values(z).sum())
+
+    def grad(self, z: Tensor) -> Tensor:
+        """∇L(z), shape (m, n)."""
+        g = self.preference_grad(z)
+        if self.beta:
+            g = g + (self.beta * self.context_probs)[:, None] * self._kl_grad_hess(z, need_hess=False)[0]
+        return g
+
+    def grad_hess(self, z: Tensor):
+        """(∇L, ∇²L) of shapes (m, n) and (m, n, n)."""
+        g, H = self._preference_grad_hess(z)
+        if self.beta:
+            gk, Hk = self._kl_grad_hess(z)
+            w = self.beta * self.context_probs
+            g = g + w[:, None] * gk
+            H = H + w[:, None, None] * Hk
+        return g, H
+
+
+def _laplacian(A: Tensor) -> Tensor:
+    """diag(A·1) − A for symmetric edge weights A (m, n, n), built in place."""
+    H = -A
+    H.diagonal(dim1=1, dim2=2).add_(A.sum(dim=2))
+    return H
+
+
+class SPOObjective(PairwiseObjective):
+    """SPEC §5 for SPO, with the preference derivatives fused into one sigmoid pass.
+
+    With s = σ(−α(z_i − z_j)) and S = W + Wᵀ, the identity σ(t) = 1 − σ(−t) gives
+    ∂/∂z_i = Σ_j W_ji − Σ_j S_ij s_ij and Laplacian weights α S s (1 − s) (already symmetric).
+    """
+
+    def __init__(self, pair_mass, *, alpha: float, beta: float, log_ref, context_probs):
+        super().__init__(pair_mass, spo_margin(alpha), beta=beta, log_ref=log_ref,
+                         context_probs=context_probs)
+        self.alpha = float(alpha)
+        self.S = self.W + self.W.transpose(1, 2)        # (m, n, n) shown mass, symmetric
+        self.lost = self.W.sum(dim=1)                    # (m, n) Σ_j W_ji: mass of losses of i
+
+    def preference_values(self, z: Tensor) -> Tensor:
+        # −(1/α) log σ(αd) = softplus(−αd)/α
+        d = z[:, :, None] - z[:, None, :]
+        return (self.W * F.softplus(-self.alpha * d)).sum(dim=(1, 2)) / self.alpha
+
+    def _sig(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.alpha * (z[:, None, :] - z[:, :, None]))   # s = σ(−α(z_i − z_j))
+
+    def preference_grad(self, z: Tensor) -> Tensor:
+        return self.lost - (self.S * self._sig(z)).sum(dim=2)
+
+    def _preference_grad_hess(self, z: Tensor):
+        s = self._sig(z)
+        Ss = self.S * s
+        g = self.lost - Ss.sum(dim=2)
+        A = Ss.mul_(1.0 - s).mul_(self.alpha)           # α S s (1 − s), symmetric
+        return g, _laplacian(A)

@@ -1,0 +1,167 @@
+"""Expert preference models, pair distributions, population pair mass and vectorised samplers.
+
+SPEC §2–§3. P[x, i, j] is the probability that the expert prefers i to j in context x; q[x, i, j]
+the probability that the ordered pair (i, j) is shown; W[x, i, j] = ρ_x (q_ij + q_ji) P_ij the
+population pair mass, the limit of the empirical frequency of (ctx=x, chosen=i, rejected=j).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit
+
+from . import _validation as v
+from .problems import TabularProblem
+
+SAMPLERS = ("uniform", "ref")
+
+
+# --------------------------------------------------------------------------- expert models
+
+def bradley_terry(rewards: np.ndarray) -> np.ndarray:
+    """P[x, i, j] = σ(r_xi − r_xj), shape (n_contexts, n_actions, n_actions); diagonal ½."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return expit(r[:, :, None] - r[:, None, :])
+
+
+def preference_matrix(problem: TabularProblem, preference=None) -> np.ndarray:
+    """The expert's P (m, n, n): Bradley–Terry on the rewards when `preference` is None, else the checked array."""
+    if preference is None:
+        return bradley_terry(problem.rewards)
+    m, n = problem.n_contexts, problem.n_actions
+    P = v.float_array("preference", preference, shape=(m, n, n))
+    if np.any((P < 0) | (P > 1)):
+        raise ValueError("preference entries must be probabilities in [0, 1]")
+    off = np.max(np.abs(P + P.transpose(0, 2, 1) - 1.0))
+    if off > 1e-9:
+        raise ValueError(f"preference must satisfy P + Pᵀ = 1 (within 1e-9); off by up to {off:.3g}")
+    return P
+
+
+# --------------------------------------------------------------------------- pair distributions
+
+def pair_probs(problem: TabularProblem, sampler="uniform") -> np.ndarray:
+    """q[x, i, j]: probability that the ordered pair (i, j), i ≠ j, is shown; shape (m, n, n), rows sum to 1."""
+    m, n = problem.n_contexts, problem.n_actions
+    if isinstance(sampler, str):
+        v.choice("sampler", sampler, SAMPLERS)
+        if sampler == "uniform":
+            q = np.full((m, n, n), 1.0 / (n * (n - 1)))
+        else:  # "ref": i, j drawn independently from π_ref, conditioned on i ≠ j
+            p = problem.ref_policy
+            q = p[:, :, None] * p[:, None, :] / (1.0 - np.sum(p * p, axis=1))[:, None, None]
+        q[:, np.arange(n), np.arange(n)] = 0.0
+        return q
+    q = v.float_array("sampler", sampler, shape=(m, n, n))
+    if np.any(q < 0):
+        raise ValueError("sampler (pair-probability array) must be non-negative")
+    if np.any(np.diagonal(q, axis1=1, axis2=2) != 0):
+        raise ValueError("sampler (pair-probability array) must have a zero diagonal: pairs are of distinct actions")
+    off = np.max(np.abs(q.sum(axis=(1, 2)) - 1.0))
+    if off > 1e-9:
+        raise ValueError(f"sampler (pair-probability array) must sum to 1 in each context; off by up to {off:.3g}")
+    return q
+
+
+def pair_mass(problem: TabularProblem, *, sampler="uniform", preference=None) -> np.ndarray:
+    """Population W[x, i, j] = ρ_x (q_ij + q_ji) P_ij, shape (n_contexts, n_actions, n_actions), Σ W = 1."""
+    if not isinstance(problem, TabularProblem):
+        raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
+    P = preference_matrix(problem, preference)
+    if isinstance(sampler, str) and v.choice("sampler", sampler, SAMPLERS) == "uniform":
+        n = problem.n_actions
+        W = P * (problem.context_probs * (2.0 / (n * (n - 1))))[:, None, None]
+        W[:, np.arange(n), np.arange(n)] = 0.0
+        return W
+    q = pair_probs(problem, sampler)
+    return problem.context_probs[:, None, None] * (q + q.transpose(0, 2, 1)) * P
+
+
+# --------------------------------------------------------------------------- sampled data
+
+@dataclass(frozen=True, eq=False)
+class PairData:
+    """N sampled comparisons: ctx, chosen, rejected are int64 arrays of length N (SPEC §3)."""
+
+    ctx: np.ndarray       # (N,) context index
+    chosen: np.ndarray    # (N,) preferred action
+    rejected: np.ndarray  # (N,) dispreferred action
+    n_contexts: int
+    n_actions: int
+
+    def __post_init__(self):
+        m = v.positive_int("n_contexts", self.n_contexts)
+        n = v.positive_int("n_actions", self.n_actions, minimum=2)
+        ctx = v.index_array("ctx", self.ctx, m)
+        chosen = v.index_array("chosen", self.chosen, n)
+        rejected = v.index_array("rejected", self.rejected, n)
+        if not (ctx.shape == chosen.shape == rejected.shape):
+            raise ValueError(f"ctx, chosen and rejected must have the same length, got "
+                             f"{ctx.shape[0]}, {chosen.shape[0]}, {rejected.shape[0]}")
+        if ctx.shape[0] == 0:
+            raise ValueError("data must hold at least one comparison (ctx, chosen, rejected are empty)")
+        if np.any(chosen == rejected):
+            raise ValueError("chosen and rejected must differ in every comparison")
+        for name, arr in (("ctx", ctx), ("chosen", chosen), ("rejected", rejected)):
+            arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+
+    def __len__(self) -> int:
+        return int(self.ctx.shape[0])
+
+    def counts(self) -> np.ndarray:
+        """count[x, i, j] of (ctx=x, chosen=i, rejected=j), shape (n_contexts, n_actions, n_actions), float64."""
+        m, n = self.n_contexts, self.n_actions
+        flat = (self.ctx * n + self.chosen) * n + self.rejected
+        return np.bincount(flat, minlength=m * n * n).astype(np.float64).reshape(m, n, n)
+
+    def pair_mass(self) -> np.ndarray:
+        """Empirical W = counts / N, shape (n_contexts, n_actions, n_actions), Σ W = 1."""
+        return self.counts() / len(self)
+
+
+def _sample_contexts(rng, context_probs: np.ndarray, size: int) -> np.ndarray:
+    m = context_probs.shape[0]
+    if np.all(context_probs == context_probs[0]):
+        return rng.integers(0, m, size=size)
+    cdf = np.cumsum(context_probs)
+    return np.minimum(np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right"), m - 1)
+
+
+def _sample_shown_pairs(rng, q: np.ndarray, ctx: np.ndarray):
+    """Draw the shown ordered pair (i, j) ~ q[ctx] for every sample: one flat inverse-CDF search."""
+    m, n, _ = q.shape
+    cdf = np.cumsum(q.reshape(m, n * n), axis=1)
+    cdf /= cdf[:, -1:]
+    cdf += np.arange(m)[:, None]      # context x's CDF lives in [x, x + 1]: one sorted array for all
+    flat = np.searchsorted(cdf.ravel(), ctx + rng.random(ctx.shape[0]), side="right")
+    flat = np.minimum(flat, (ctx + 1) * n * n - 1) - ctx * n * n
+    return flat // n, flat % n
+
+
+def sample_pairs(problem: TabularProblem, n_pairs: int, *, seed, sampler="uniform",
+                 preference=None) -> PairData:
+    """Draw n_pairs comparisons: x ~ ρ, shown (i, j) ~ q(·|x), label i ≻ j with probability P[x, i, j]."""
+    if not isinstance(problem, TabularProblem):
+        raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
+    N = v.positive_int("n_pairs", n_pairs)
+    rng = v.rng_from(seed)
+    m, n = problem.n_contexts, problem.n_actions
+    ctx = _sample_contexts(rng, problem.context_probs, N)
+    if isinstance(sampler, str) and v.choice("sampler", sampler, SAMPLERS) == "uniform":
+        # Uniform over ordered distinct pairs: j uniform on the n-1 others (skip i).
+        first = rng.integers(0, n, size=N)
+        second = rng.integers(0, n - 1, size=N)
+        second += second >= first
+    else:
+        first, second = _sample_shown_pairs(rng, pair_probs(problem, sampler), ctx)
+    if preference is None:
+        r = problem.rewards
+        p_first = expit(r[ctx, first] - r[ctx, second])
+    else:
+        p_first = preference_matrix(problem, preference)[ctx, first, second]
+    first_wins = rng.random(N) < p_first
+    chosen = np.where(first_wins, first, second)
+    rejected = np.where(first_wins, second, first)
+    return PairData(ctx, chosen, rejected, m, n)
