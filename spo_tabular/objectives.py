@@ -55,11 +55,14 @@ class PairwiseObjective:
                  offset=None):
         self.W = as_tensor(pair_mass)                    # (m, n, n)
         self.margin = margin
-        self.beta = float(beta)
         self.log_ref = as_tensor(log_ref)                # (m, n)
         self.context_probs = as_tensor(context_probs)    # (m,)
         self.offset = None if offset is None else as_tensor(offset)  # (m, n, n)
         self.n_contexts, self.n_actions = self.log_ref.shape
+        # β may differ per context (a batch of stacked problems): stored as (m,).
+        self.beta = as_tensor(beta).expand(self.n_contexts).clone() if np.ndim(beta) else \
+            torch.full((self.n_contexts,), float(beta), dtype=DTYPE)
+        self.has_kl = bool((self.beta > 0).any())
 
     # -- preference term ---------------------------------------------------------------------
     def _margins(self, z: Tensor) -> Tensor:
@@ -107,13 +110,13 @@ class PairwiseObjective:
 
     # -- totals ------------------------------------------------------------------------------
     def context_mass(self) -> Tensor:
-        """Σ_ij W[x] + β ρ_x per context, shape (m,): the scale of context x's gradient."""
+        """Σ_ij W[x] + β_x ρ_x per context, shape (m,): the scale of context x's gradient."""
         return self.W.sum(dim=(1, 2)) + self.beta * self.context_probs
 
     def values(self, z: Tensor) -> Tensor:
         """Per-context objective f_x(z_x), shape (m,); L = Σ_x f_x."""
         f = self.preference_values(z)
-        if self.beta:
+        if self.has_kl:
             f = f + self.beta * self.context_probs * self.kl(z)
         return f
 
@@ -124,14 +127,14 @@ class PairwiseObjective:
     def grad(self, z: Tensor) -> Tensor:
         """∇L(z), shape (m, n)."""
         g = self.preference_grad(z)
-        if self.beta:
+        if self.has_kl:
             g = g + (self.beta * self.context_probs)[:, None] * self._kl_grad_hess(z, need_hess=False)[0]
         return g
 
     def grad_hess(self, z: Tensor):
         """(∇L, ∇²L) of shapes (m, n) and (m, n, n)."""
         g, H = self._preference_grad_hess(z)
-        if self.beta:
+        if self.has_kl:
             gk, Hk = self._kl_grad_hess(z)
             w = self.beta * self.context_probs
             g = g + w[:, None] * gk
@@ -153,20 +156,24 @@ class SPOObjective(PairwiseObjective):
     ∂/∂z_i = Σ_j W_ji − Σ_j S_ij s_ij and Laplacian weights α S s (1 − s) (already symmetric).
     """
 
-    def __init__(self, pair_mass, *, alpha: float, beta: float, log_ref, context_probs):
-        super().__init__(pair_mass, spo_margin(alpha), beta=beta, log_ref=log_ref,
+    def __init__(self, pair_mass, *, alpha, beta, log_ref, context_probs):
+        # α and β may be floats or (m,) arrays: one value per context of a stacked batch.
+        super().__init__(pair_mass, spo_margin(float(np.max(alpha))), beta=beta, log_ref=log_ref,
                          context_probs=context_probs)
-        self.alpha = float(alpha)
+        m = self.n_contexts
+        self.alpha = as_tensor(alpha).expand(m).clone() if np.ndim(alpha) else \
+            torch.full((m,), float(alpha), dtype=DTYPE)                     # (m,)
+        self._alpha3 = self.alpha[:, None, None]                            # broadcast over pairs
         self.S = self.W + self.W.transpose(1, 2)        # (m, n, n) shown mass, symmetric
         self.lost = self.W.sum(dim=1)                    # (m, n) Σ_j W_ji: mass of losses of i
 
     def preference_values(self, z: Tensor) -> Tensor:
         # −(1/α) log σ(αd) = softplus(−αd)/α
         d = z[:, :, None] - z[:, None, :]
-        return (self.W * F.softplus(-self.alpha * d)).sum(dim=(1, 2)) / self.alpha
+        return (self.W * F.softplus(-self._alpha3 * d)).sum(dim=(1, 2)) / self.alpha
 
     def _sig(self, z: Tensor) -> Tensor:
-        return torch.sigmoid(self.alpha * (z[:, None, :] - z[:, :, None]))   # s = σ(−α(z_i − z_j))
+        return torch.sigmoid(self._alpha3 * (z[:, None, :] - z[:, :, None]))   # s = σ(−α(z_i − z_j))
 
     def preference_grad(self, z: Tensor) -> Tensor:
         return self.lost - (self.S * self._sig(z)).sum(dim=2)
@@ -175,5 +182,5 @@ class SPOObjective(PairwiseObjective):
         s = self._sig(z)
         Ss = self.S * s
         g = self.lost - Ss.sum(dim=2)
-        A = Ss.mul_(1.0 - s).mul_(self.alpha)           # α S s (1 − s), symmetric
+        A = Ss.mul_(1.0 - s).mul_(self._alpha3)         # α S s (1 − s), symmetric
         return g, _laplacian(A)

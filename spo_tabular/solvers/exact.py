@@ -49,7 +49,7 @@ class SolveResult:
     history: object = field(default=None, repr=False)  # optional per-step DataFrame (SGD)
 
 
-def _log_odds_start(W: torch.Tensor, alpha: float, ridge: torch.Tensor) -> torch.Tensor:
+def _log_odds_start(W: torch.Tensor, alpha, ridge: torch.Tensor) -> torch.Tensor:
     """Weighted least squares u_i − u_j ≈ log(W_ij / W_ji) (a graph-Laplacian system), returned as z = u/α.
 
     Exact for consistent Bradley–Terry mass. `ridge` (m,) bool marks contexts whose graph is
@@ -66,6 +66,7 @@ def _log_odds_start(W: torch.Tensor, alpha: float, ridge: torch.Tensor) -> torch
     scale = c.sum(dim=(1, 2)).clamp(min=torch.finfo(DTYPE).tiny) / n          # (m,)
     system += scale[:, None, None] / n                       # gauge: fixes the mean logit
     system.diagonal(dim1=1, dim2=2).add_((1e-10 * scale * ridge)[:, None])
+    alpha = torch.as_tensor(alpha, dtype=DTYPE).reshape(-1, 1)   # float or (m,) per context
     chol, info = torch.linalg.cholesky_ex(system)
     if bool((info != 0).any()):   # only a badly scaled graph gets here
         return torch.linalg.lstsq(system, b[..., None]).solution[..., 0] / alpha
