@@ -21,6 +21,11 @@ class GraphReport:
     n_components: np.ndarray
     unbounded: np.ndarray
 
+    @classmethod
+    def strongly_connected(cls, n_contexts: int) -> "GraphReport":
+        """The report of m complete (hence strongly connected) graphs."""
+        return cls(n_components=np.ones(n_contexts, dtype=np.int64), unbounded=np.zeros(n_contexts, dtype=bool))
+
     @property
     def unique(self) -> np.ndarray:
         """(m,) bool: a unique finite minimiser exists (strongly connected)."""
@@ -35,9 +40,8 @@ class GraphReport:
 def comparison_graph(beats: np.ndarray) -> GraphReport:
     """Analyse beats[x, i, j] > 0 (i beat j in context x), shape (m, n, n), for every context at once."""
     m, n, _ = beats.shape
-    off_diagonal = ~np.eye(n, dtype=bool)
-    if np.all(beats[:, off_diagonal] > 0):               # every pair both ways: strongly connected
-        return GraphReport(n_components=np.ones(m, dtype=np.int64), unbounded=np.zeros(m, dtype=bool))
+    if is_complete(beats):
+        return GraphReport.strongly_connected(m)
     x, i, j = np.nonzero(beats > 0)
     # One block-diagonal graph over m·n nodes: node x·n + i.
     src, dst = x * n + i, x * n + j
@@ -49,3 +53,11 @@ def comparison_graph(beats: np.ndarray) -> GraphReport:
     unbounded = np.zeros(m, dtype=bool)
     unbounded[x[crossing]] = True
     return GraphReport(n_components=n_components, unbounded=unbounded)
+
+
+def is_complete(beats: np.ndarray) -> bool:
+    """True when every ordered pair i ≠ j has beats[x, i, j] > 0 in every context (one counting pass)."""
+    m, n, _ = beats.shape
+    positive = beats > 0 if beats.dtype != bool else beats
+    on_diagonal = np.count_nonzero(np.diagonal(positive, axis1=1, axis2=2))
+    return np.count_nonzero(positive) - on_diagonal == m * n * (n - 1)

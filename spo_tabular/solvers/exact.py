@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from .. import _validation as v
-from ..graphs import comparison_graph
+from ..graphs import GraphReport, comparison_graph, is_complete
 from ..objectives import DTYPE, PairwiseObjective, SPOObjective, _laplacian
-from ..preferences import PairData, pair_probs, preference_matrix
+from ..preferences import PairData, pair_mass, pair_probs, preference_matrix
 from ..problems import TabularProblem
 
 
@@ -49,99 +49,154 @@ class SolveResult:
     history: object = field(default=None, repr=False)  # optional per-step DataFrame (SGD)
 
 
-def _log_odds_start(W: torch.Tensor, alpha, ridge: torch.Tensor) -> torch.Tensor:
+def _log_odds_start(W: torch.Tensor, alpha, ridge: torch.Tensor, complete: bool = False) -> torch.Tensor:
     """Weighted least squares u_i − u_j ≈ log(W_ij / W_ji) (a graph-Laplacian system), returned as z = u/α.
 
     Exact for consistent Bradley–Terry mass. `ridge` (m,) bool marks contexts whose graph is
-    disconnected: a tiny ridge there pins the directions the data leave free.
+    disconnected: a tiny ridge there pins the directions the data leave free. `complete` says every
+    off-diagonal W is positive, so no log-odds is infinite.
     """
     m, n, _ = W.shape
-    Wt = W.transpose(1, 2)
-    c = W + Wt                                               # shown mass of the pair, symmetric
-    floor = 0.5 * W[W > 0].min() if bool((W > 0).any()) else torch.tensor(1.0, dtype=DTYPE)
-    # A one-way pair has an infinite log-odds; half the smallest mass (Haldane-style) keeps it finite.
-    L = torch.where(c > 0, torch.log(torch.clamp(W, min=floor)) - torch.log(torch.clamp(Wt, min=floor)), 0.0)
-    system = _laplacian(c.clone())
-    b = (c * L).sum(dim=2)
+    c = W + W.transpose(1, 2)                                # shown mass of the pair, symmetric
+    alpha = torch.as_tensor(alpha, dtype=DTYPE).reshape(-1, 1)   # float or (m,) per context
+    if complete:
+        logW = torch.log(W)
+        L = logW - logW.transpose(1, 2)
+        L.diagonal(dim1=1, dim2=2).zero_()                   # −inf − (−inf) on the diagonal
+    else:
+        positive = W > 0
+        floor = 0.5 * W[positive].min() if bool(positive.any()) else torch.tensor(1.0, dtype=DTYPE)
+        # A one-way pair has an infinite log-odds; half the smallest mass (Haldane-style) keeps it finite.
+        logW = torch.log(torch.clamp(W, min=floor))
+        L = torch.where(c > 0, logW - logW.transpose(1, 2), 0.0)
+    b = (c * L).sum(dim=2)                                   # (m, n)
+    off = ~torch.eye(n, dtype=torch.bool)
+    c_off = c[:, off]
+    c_min, c_max = c_off.amin(dim=1), c_off.amax(dim=1)
+    if complete and bool((c_max - c_min <= 1e-12 * c_max).all()) and not bool(ridge.any()):
+        # Equal weights c: the Laplacian is c(nI − 11ᵀ), so the mean-zero solution is b / (c n).
+        return b / (c_max[:, None] * n) / alpha
     scale = c.sum(dim=(1, 2)).clamp(min=torch.finfo(DTYPE).tiny) / n          # (m,)
+    system = _laplacian(c)                                   # consumes c
     system += scale[:, None, None] / n                       # gauge: fixes the mean logit
     system.diagonal(dim1=1, dim2=2).add_((1e-10 * scale * ridge)[:, None])
-    alpha = torch.as_tensor(alpha, dtype=DTYPE).reshape(-1, 1)   # float or (m,) per context
     chol, info = torch.linalg.cholesky_ex(system)
     if bool((info != 0).any()):   # only a badly scaled graph gets here
         return torch.linalg.lstsq(system, b[..., None]).solution[..., 0] / alpha
     return torch.cholesky_solve(b[..., None], chol)[..., 0] / alpha
 
 
-def _newton_direction(g: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """Solve (H + gauge + λI) d = −g per context; λ grows only where the Cholesky factorisation fails."""
-    m, n = g.shape
-    diag_scale = torch.diagonal(H, dim1=1, dim2=2).abs().mean(dim=1)
-    fallback = diag_scale.max() if bool((diag_scale > 0).any()) else torch.tensor(1.0, dtype=DTYPE)
-    diag_scale = torch.where(diag_scale > 0, diag_scale, fallback)
-    eye = torch.eye(n, dtype=DTYPE)
-    system = H + diag_scale[:, None, None] * torch.ones(n, n, dtype=DTYPE) / n
+def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor) -> torch.Tensor:
+    """Start for β > 0: minimise the quadratic models of both terms, ½(z−z*)ᵀH*(z−z*) + βρ·½(z−log π_ref)ᵀF(z−log π_ref).
+
+    H* is the preference Hessian at the β = 0 minimiser z*, F = diag(π_ref) − π_ref π_refᵀ the KL
+    Hessian at π_ref; the answer is exact in both limits β → 0 and β → ∞.
+    """
+    n = z_star.shape[1]
+    _, H = obj._preference_grad_hess(z_star)
+    p = obj.log_ref.exp()
+    w = (obj.beta * obj.context_probs)[:, None, None]
+    Fw = w * (torch.diag_embed(p) - p[:, :, None] * p[:, None, :])
+    b = torch.bmm(H, z_star[..., None]) + torch.bmm(Fw, obj.log_ref[..., None])
+    system = H + Fw
+    system += torch.diagonal(system, dim1=1, dim2=2).abs().mean(dim=1)[:, None, None] / n   # gauge
     chol, info = torch.linalg.cholesky_ex(system)
-    lam = 1e-12 * diag_scale
-    for _ in range(40):
-        bad = info != 0
-        if not bool(bad.any()):
-            break
-        system[bad] = system[bad] + lam[bad, None, None] * eye
-        chol_bad, info_bad = torch.linalg.cholesky_ex(system[bad])
-        chol[bad], info[bad] = chol_bad, info_bad
-        lam = lam * 100.0
+    if bool((info != 0).any()):
+        return z_star
+    return torch.cholesky_solve(b, chol)[..., 0]
+
+
+def _newton_direction(g: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """Solve (H + gauge) d = −g per context by Cholesky; where H is indefinite use saddle-free Newton.
+
+    The gauge term (mean |diag H|)·11ᵀ/n removes the null direction 1 (logits are defined up to a
+    constant) without changing d, since g ⟂ 1. Saddle-free Newton replaces each eigenvalue λ by
+    |λ| (floored), so the step still descends and escapes the saddles of the non-convex KL term.
+    """
+    m, n = g.shape
+    scale = torch.diagonal(H, dim1=1, dim2=2).abs().mean(dim=1)
+    scale = torch.where(scale > 0, scale, scale.max().clamp(min=torch.finfo(DTYPE).tiny))
+    system = H + scale[:, None, None] / n
+    chol, info = torch.linalg.cholesky_ex(system)
     d = torch.cholesky_solve(-g[..., None], chol)[..., 0]
+    bad = info != 0
+    if bool(bad.any()):
+        lam, U = torch.linalg.eigh(system[bad])
+        lam = lam.abs().clamp(min=1e-10 * scale[bad, None])
+        coef = (U.transpose(1, 2) @ g[bad][..., None])[..., 0] / lam
+        d[bad] = -(U @ coef[..., None])[..., 0]
     return d - d.mean(dim=1, keepdim=True)
 
 
 def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: int):
-    """Damped Newton until the diagonally scaled gradient max |∂L/∂z_i| / ∂²L/∂z_i² ≤ tol.
+    """Batched damped Newton until every context's scaled gradient max_i |∂L/∂z_i| / |∂²L/∂z_i²| ≤ tol.
 
-    That ratio estimates the remaining error in each logit. Returns (z, ‖∇L‖∞, n_iter, ok, err).
+    The ratio estimates the remaining error of each logit. Contexts that have converged leave the
+    active set (when the objective supports `.subset`), so late iterations only touch the stragglers.
+    A context whose step has shrunk to round-off is stopped where it is. Returns
+    (z, ‖∇L‖∞, n_iter, converged, max scaled gradient).
     """
-    tiny = torch.finfo(DTYPE).tiny
-    floor = 1e-300 + 1e-30 * obj.context_mass()[:, None]
-    f = obj.values(z)
-    err = float("inf")
+    eps, tiny = torch.finfo(DTYPE).eps, torch.finfo(DTYPE).tiny
+    z = z.clone()
+    m = z.shape[0]
+    err_all = torch.full((m,), float("inf"), dtype=DTYPE)
+    gmax_all = torch.zeros(m, dtype=DTYPE)
+    stalled_all = torch.zeros(m, dtype=torch.bool)
+    idx = torch.arange(m)                        # contexts of `obj` that `sub` still holds
+    sub, zs, fs = obj, z, None
+    floor = 1e-300 + 1e-30 * sub.context_mass()[:, None]
+    n_iter = 0
     for it in range(max_iter + 1):
-        g, H = obj.grad_hess(z)
-        err = float((g.abs() / torch.diagonal(H, dim1=1, dim2=2).abs().clamp(min=floor)).max())
-        if err <= tol:
-            return z, float(g.abs().max()), it, True, err
-        if it == max_iter:
+        g, H = sub.grad_hess(zs)
+        err = (g.abs() / torch.diagonal(H, dim1=1, dim2=2).abs().clamp(min=floor)).amax(dim=1)
+        err_all[idx], gmax_all[idx] = err, g.abs().amax(dim=1)
+        done = (err <= tol) | stalled_all[idx]
+        if bool(done.all()) or it == max_iter:
             break
+        n_iter = it + 1
+        if hasattr(sub, "subset") and 4 * int(done.sum()) >= done.numel():
+            z[idx[done]] = zs[done]             # retire converged contexts
+            keep = ~done
+            idx, sub, zs, g, H = idx[keep], sub.subset(keep), zs[keep], g[keep], H[keep]
+            fs = None if fs is None else fs[keep]
+            floor, done = floor[keep], done[keep]
         d = _newton_direction(g, H)
-        slope = (g * d).sum(dim=1)                                  # < 0 for a descent direction
-        t = torch.ones_like(f)
-        slack = 1e-13 * (f.abs() + tiny)                           # roundoff allowance near the optimum
-        for _ in range(60):
-            z_new = z + t[:, None] * d
-            f_new = obj.values(z_new)
-            ok = f_new <= f + 1e-4 * t * slope + slack
+        d[done] = 0.0
+        fs = sub.values(zs) if fs is None else fs
+        slope = (g * d).sum(dim=1)                                  # < 0: a descent direction
+        slack = 1e-13 * (fs.abs() + tiny)                          # round-off allowance near the optimum
+        t = torch.ones_like(fs)
+        # A step this small is deep in Newton's quadratic region: take it whole, skip the line search.
+        small = bool(d.abs().max() <= 1e-4)
+        for _ in range(0 if small else 60):                         # per-context Armijo backtracking
+            z_new = zs + t[:, None] * d
+            f_new = sub.values(z_new)
+            ok = f_new <= fs + 1e-4 * t * slope + slack
             if bool(ok.all()):
                 break
             t = torch.where(ok, t, 0.5 * t)
-        step = float((t[:, None] * d).abs().max())
-        z, f = z_new, f_new
-        if step <= 4 * torch.finfo(DTYPE).eps * (1.0 + float(z.abs().max())):
-            # Stalled at round-off: no representable step improves the objective any more.
-            g, H = obj.grad_hess(z)
-            err = float((g.abs() / torch.diagonal(H, dim1=1, dim2=2).abs().clamp(min=floor)).max())
-            return z, float(g.abs().max()), it + 1, err <= max(tol, 1e-9), err
-    return z, float(g.abs().max()), max_iter, False, err
+        if small:
+            z_new, f_new = zs + d, None
+        step = (t[:, None] * d).abs().amax(dim=1)
+        stalled_all[idx] |= (step <= 4 * eps * (1.0 + z_new.abs().amax(dim=1))) & ~done
+        zs, fs = z_new, f_new
+    if zs is not z:
+        z[idx] = zs
+    finished = (err_all <= tol) | (stalled_all & (err_all <= max(tol, 1e-9)))
+    return z, float(gmax_all.max()), n_iter, bool(finished.all()), float(err_all.max())
 
 
 def _objective_inputs(problem, data, sampler, preference):
-    """Pair mass W (m, n, n) and the beats support used for the existence check."""
+    """Pair mass W (m, n, n) and the beats support (m, n, n) bool for the existence check (None: complete)."""
     if data is None:
+        W = pair_mass(problem, sampler=sampler, preference=preference)
+        if isinstance(sampler, str) and preference is None:
+            # "uniform" and "ref" show every pair and Bradley–Terry gives P ∈ (0, 1) exactly (even
+            # where exp underflows): every pair is compared both ways.
+            return W, None
         q = pair_probs(problem, sampler)
-        P = preference_matrix(problem, preference)
-        shown = q + q.transpose(0, 2, 1)
-        W = problem.context_probs[:, None, None] * shown * P
-        # Under Bradley–Terry P ∈ (0, 1) exactly, even where exp underflows: use the shown support.
-        beats = (shown > 0) if preference is None else (shown > 0) & (P > 0)
-        return W, beats
+        shown = (q + q.transpose(0, 2, 1)) > 0
+        return W, shown if preference is None else shown & (preference_matrix(problem, preference) > 0)
     if not isinstance(data, PairData):
         raise TypeError(f"data must be a PairData or None, got {type(data).__name__}")
     if (data.n_contexts, data.n_actions) != (problem.n_contexts, problem.n_actions):
@@ -174,11 +229,14 @@ def solve_exact(problem: TabularProblem, *, alpha: float, beta: float = 0.0, dat
         if np.any(mu < 0):
             raise ValueError("weights must be non-negative")
         W = W * mu
-        beats = beats & (mu > 0)
+        beats = (mu > 0) if beats is None else beats & (mu > 0)
     obj = SPOObjective(W, alpha=alpha, beta=beta, log_ref=problem.log_ref,
                        context_probs=problem.context_probs)
-    graph = comparison_graph(beats)
-    z0 = _log_odds_start(obj.W, alpha, torch.from_numpy(~graph.unique))
+    complete = beats is None or is_complete(beats)
+    graph = GraphReport.strongly_connected(problem.n_contexts) if complete else comparison_graph(beats)
+    z0 = _log_odds_start(obj.W, alpha, torch.from_numpy(~graph.unique), complete=complete)
+    if beta > 0:
+        z0 = _kl_quadratic_start(obj, z0)
 
     if beta == 0.0 and graph.unbounded.any():
         bad = np.flatnonzero(graph.unbounded)
