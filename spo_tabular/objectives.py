@@ -93,7 +93,8 @@ class PairwiseObjective:
         logp = torch.log_softmax(z, dim=-1)
         return (logp.exp() * (logp - self.log_ref)).sum(dim=-1)
 
-    def _kl_grad_hess(self, z: Tensor, need_hess: bool = True):
+    def _kl_grad_hess(self, z: Tensor, need_hess: bool = True, add_to: Tensor | None = None,
+                      weight: Tensor | None = None):
         # With g = log π − log π_ref and v = g − KL: ∇KL = π⊙v and
         # ∇²KL = diag(π(1+v)) − ππᵀ − (π⊙v)πᵀ − π(π⊙v)ᵀ.
         logp = torch.log_softmax(z, dim=-1)
@@ -103,11 +104,16 @@ class PairwiseObjective:
         pv = p * vv
         if not need_hess:
             return pv, None
-        # The three rank-one terms as one batched product: [p, pv] @ [p + pv, p]ᵀ.
-        U = torch.stack((p, pv), dim=2)                  # (m, n, 2)
-        V = torch.stack((p + pv, p), dim=2)              # (m, n, 2)
-        H = -torch.bmm(U, V.transpose(1, 2))
-        H.diagonal(dim1=1, dim2=2).add_(p * (1.0 + vv))
+        # The three rank-one terms as one batched product: [p, pv] @ [p + pv, p]ᵀ; with `add_to`,
+        # weight·∇²KL is accumulated into that tensor in place (one pass, no temporary).
+        w = torch.ones(p.shape[0], dtype=p.dtype) if weight is None else weight
+        U = torch.stack((p, pv), dim=2) * w[:, None, None]          # (m, n, 2)
+        V = torch.stack((p + pv, p), dim=2)                          # (m, n, 2)
+        if add_to is None:
+            H = -torch.bmm(U, V.transpose(1, 2))
+        else:
+            H = add_to.baddbmm_(U, V.transpose(1, 2), alpha=-1.0)
+        H.diagonal(dim1=1, dim2=2).add_(w[:, None] * p * (1.0 + vv))
         return pv, H
 
     # -- totals ------------------------------------------------------------------------------
@@ -137,10 +143,9 @@ class PairwiseObjective:
         """(∇L, ∇²L) of shapes (m, n) and (m, n, n)."""
         g, H = self._preference_grad_hess(z)
         if self.has_kl:
-            gk, Hk = self._kl_grad_hess(z)
             w = self.beta * self.context_probs
+            gk, H = self._kl_grad_hess(z, add_to=H, weight=w)
             g = g + w[:, None] * gk
-            H = H + w[:, None, None] * Hk
         return g, H
 
 
@@ -168,17 +173,25 @@ class SPOObjective(PairwiseObjective):
             torch.full((m,), float(alpha), dtype=DTYPE)                     # (m,)
         self._alpha3 = self.alpha[:, None, None]                            # broadcast over pairs
         self.S = self.W + self.W.transpose(1, 2)        # (m, n, n) shown mass, symmetric
+        self.S_alpha = self.S * self._alpha3            # α S: Laplacian weights before σσ′
         self.lost = self.W.sum(dim=1)                    # (m, n) Σ_j W_ji: mass of losses of i
 
     def subset(self, keep: Tensor) -> "SPOObjective":
         """The same objective restricted to the contexts where `keep` (m,) is True."""
         out = object.__new__(SPOObjective)
         out.__dict__.update(self.__dict__)
-        for name in ("W", "S", "lost", "log_ref", "context_probs", "beta", "alpha", "_alpha3"):
+        for name in ("W", "S", "S_alpha", "lost", "log_ref", "context_probs", "beta", "alpha", "_alpha3"):
             setattr(out, name, getattr(self, name)[keep])
         out.n_contexts = int(keep.sum())
         if self.offset is not None:
             out.offset = self.offset[keep]
+        return out
+
+    def astype(self, dtype: torch.dtype) -> "SPOObjective":
+        """A copy with every tensor in `dtype` (float32 for the solver's cheap coarse phase)."""
+        out = object.__new__(SPOObjective)
+        out.__dict__.update({k: (t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t)
+                             for k, t in self.__dict__.items()})
         return out
 
     def preference_values(self, z: Tensor) -> Tensor:
@@ -197,7 +210,7 @@ class SPOObjective(PairwiseObjective):
 
     def _preference_grad_hess(self, z: Tensor):
         s = self._sig(z)
-        Ss = self.S * s
-        g = self.lost - Ss.sum(dim=2)
-        A = torch.addcmul(Ss, Ss, s, value=-1.0).mul_(self._alpha3)   # α S s (1 − s), symmetric
+        Ss = self.S_alpha * s                                       # α S s
+        g = self.lost - Ss.sum(dim=2) / self.alpha[:, None]
+        A = Ss.addcmul_(Ss, s, value=-1.0)                         # α S s (1 − s), symmetric
         return g, _laplacian(A)

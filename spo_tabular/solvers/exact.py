@@ -49,7 +49,8 @@ class SolveResult:
     history: object = field(default=None, repr=False)  # optional per-step DataFrame (SGD)
 
 
-def _log_odds_start(W: torch.Tensor, alpha, ridge: torch.Tensor, complete: bool = False) -> torch.Tensor:
+def _log_odds_start(W: torch.Tensor, alpha, ridge: torch.Tensor, complete: bool = False,
+                    equal_weights: bool = False) -> torch.Tensor:
     """Weighted least squares u_i − u_j ≈ log(W_ij / W_ji) (a graph-Laplacian system), returned as z = u/α.
 
     Exact for consistent Bradley–Terry mass. `ridge` (m,) bool marks contexts whose graph is
@@ -70,12 +71,11 @@ def _log_odds_start(W: torch.Tensor, alpha, ridge: torch.Tensor, complete: bool 
         logW = torch.log(torch.clamp(W, min=floor))
         L = torch.where(c > 0, logW - logW.transpose(1, 2), 0.0)
     b = (c * L).sum(dim=2)                                   # (m, n)
-    off = ~torch.eye(n, dtype=torch.bool)
-    c_off = c[:, off]
-    c_min, c_max = c_off.amin(dim=1), c_off.amax(dim=1)
-    if complete and bool((c_max - c_min <= 1e-12 * c_max).all()) and not bool(ridge.any()):
-        # Equal weights c: the Laplacian is c(nI − 11ᵀ), so the mean-zero solution is b / (c n).
-        return b / (c_max[:, None] * n) / alpha
+    if equal_weights:
+        # Every pair shown equally often (c_ij = c_x): the Laplacian is c_x(nI − 11ᵀ), so the
+        # mean-zero solution is b / (c_x n).
+        c_x = c.sum(dim=(1, 2)) / (n * (n - 1))
+        return b / (c_x[:, None] * n) / alpha
     scale = c.sum(dim=(1, 2)).clamp(min=torch.finfo(DTYPE).tiny) / n          # (m,)
     system = _laplacian(c)                                   # consumes c
     system += scale[:, None, None] / n                       # gauge: fixes the mean logit
@@ -87,17 +87,21 @@ def _log_odds_start(W: torch.Tensor, alpha, ridge: torch.Tensor, complete: bool 
 
 
 def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor) -> torch.Tensor:
-    """Start for β > 0: minimise the quadratic models of both terms, ½(z−z*)ᵀH*(z−z*) + βρ·½(z−log π_ref)ᵀF(z−log π_ref).
+    """Start for β > 0: minimise ½(z−z*)ᵀH*(z−z*) + βρ·[KL(z_m) + ∇KL(z_m)·(z−z_m) + ½(z−z_m)ᵀF_m(z−z_m)].
 
-    H* is the preference Hessian at the β = 0 minimiser z*, F = diag(π_ref) − π_ref π_refᵀ the KL
-    Hessian at π_ref; the answer is exact in both limits β → 0 and β → ∞.
+    H* is the preference Hessian at the β = 0 minimiser z*; the KL term is modelled around the
+    midpoint z_m = ½(z* + log π_ref) with its Gauss–Newton Hessian F_m = diag(π_m) − π_m π_mᵀ (PSD).
+    Exact as β → 0; as β → ∞ it lands one Newton-on-KL step from π_ref. Measured on (256, 64)
+    problems it saves one or two Newton iterations over the plain β = 0 start.
     """
     n = z_star.shape[1]
     _, H = obj._preference_grad_hess(z_star)
-    p = obj.log_ref.exp()
+    z_mid = 0.5 * (z_star + obj.log_ref)
+    p = torch.softmax(z_mid, dim=-1)
     w = (obj.beta * obj.context_probs)[:, None, None]
     Fw = w * (torch.diag_embed(p) - p[:, :, None] * p[:, None, :])
-    b = torch.bmm(H, z_star[..., None]) + torch.bmm(Fw, obj.log_ref[..., None])
+    g_kl, _ = obj._kl_grad_hess(z_mid, need_hess=False)
+    b = torch.bmm(H, z_star[..., None]) + torch.bmm(Fw, z_mid[..., None]) - (w[:, :, 0] * g_kl)[..., None]
     system = H + Fw
     system += torch.diagonal(system, dim1=1, dim2=2).abs().mean(dim=1)[:, None, None] / n   # gauge
     chol, info = torch.linalg.cholesky_ex(system)
@@ -115,10 +119,12 @@ def _newton_direction(g: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     """
     m, n = g.shape
     scale = torch.diagonal(H, dim1=1, dim2=2).abs().mean(dim=1)
-    scale = torch.where(scale > 0, scale, scale.max().clamp(min=torch.finfo(DTYPE).tiny))
-    system = H + scale[:, None, None] / n
+    scale = torch.where(scale > 0, scale, scale.max().clamp(min=torch.finfo(g.dtype).tiny))
+    system = H.add_(scale[:, None, None] / n)            # H is not needed afterwards: in place
     chol, info = torch.linalg.cholesky_ex(system)
-    d = torch.cholesky_solve(-g[..., None], chol)[..., 0]
+    # Two triangular solves: faster than cholesky_solve for many small systems.
+    y = torch.linalg.solve_triangular(chol, -g[..., None], upper=False)
+    d = torch.linalg.solve_triangular(chol.mT, y, upper=True)[..., 0]
     bad = info != 0
     if bool(bad.any()):
         lam, U = torch.linalg.eigh(system[bad])
@@ -136,15 +142,15 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     A context whose step has shrunk to round-off is stopped where it is. Returns
     (z, ‖∇L‖∞, n_iter, converged, max scaled gradient).
     """
-    eps, tiny = torch.finfo(DTYPE).eps, torch.finfo(DTYPE).tiny
+    eps, tiny = torch.finfo(z.dtype).eps, torch.finfo(z.dtype).tiny
     z = z.clone()
     m = z.shape[0]
-    err_all = torch.full((m,), float("inf"), dtype=DTYPE)
-    gmax_all = torch.zeros(m, dtype=DTYPE)
+    err_all = torch.full((m,), float("inf"), dtype=z.dtype)
+    gmax_all = torch.zeros(m, dtype=z.dtype)
     stalled_all = torch.zeros(m, dtype=torch.bool)
     idx = torch.arange(m)                        # contexts of `obj` that `sub` still holds
     sub, zs, fs = obj, z, None
-    floor = 1e-300 + 1e-30 * sub.context_mass()[:, None]
+    floor = tiny + 1e-30 * sub.context_mass()[:, None]
     n_iter = 0
     for it in range(max_iter + 1):
         g, H = sub.grad_hess(zs)
@@ -167,7 +173,7 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
         slack = 1e-13 * (fs.abs() + tiny)                          # round-off allowance near the optimum
         t = torch.ones_like(fs)
         # A step this small is deep in Newton's quadratic region: take it whole, skip the line search.
-        small = bool(d.abs().max() <= 1e-4)
+        small = bool(d.abs().max() <= 0.05)
         for _ in range(0 if small else 60):                         # per-context Armijo backtracking
             z_new = zs + t[:, None] * d
             f_new = sub.values(z_new)
@@ -234,7 +240,9 @@ def solve_exact(problem: TabularProblem, *, alpha: float, beta: float = 0.0, dat
                        context_probs=problem.context_probs)
     complete = beats is None or is_complete(beats)
     graph = GraphReport.strongly_connected(problem.n_contexts) if complete else comparison_graph(beats)
-    z0 = _log_odds_start(obj.W, alpha, torch.from_numpy(~graph.unique), complete=complete)
+    equal_weights = data is None and weights is None and isinstance(sampler, str) and sampler == "uniform"
+    z0 = _log_odds_start(obj.W, alpha, torch.from_numpy(~graph.unique), complete=complete,
+                         equal_weights=equal_weights)
     if beta > 0:
         z0 = _kl_quadratic_start(obj, z0)
 

@@ -1,0 +1,22 @@
+"""Shared helpers for the benchmark scripts: best-of-k timing and a plain-text table."""
+from __future__ import annotations
+
+import time
+
+
+def best_time(fn, repeat: int = 3):
+    """Minimum wall time of `repeat` calls of fn() and the last result (min: the least-disturbed run)."""
+    best, out = float("inf"), None
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def print_rows(title: str, rows: list[dict]) -> None:
+    """Print rows of dicts as an aligned table under a title."""
+    from spo_tabular.report import format_table
+    print(title)
+    print(format_table(rows))
+    print()
