@@ -65,7 +65,7 @@ def test_beta_positive_is_stationary_by_independent_autograd(seed):
     d = z[:, :, None] - z[:, None, :]
     logp = torch.log_softmax(z, -1)
     L = -(W * torch.nn.functional.logsigmoid(alpha * d)).sum() / alpha + beta * (
-        torch.as_tensor(p.context_probs) * (logp.exp() * (logp - torch.as_tensor(p.log_ref))).sum(-1)).sum()
+        torch.tensor(p.context_probs) * (logp.exp() * (logp - torch.tensor(p.log_ref))).sum(-1)).sum()
     (g,) = torch.autograd.grad(L, z)
     scale = float((W.sum((1, 2)).max()))
     assert float(g.abs().max()) <= 1e-13 * max(scale, 1.0)

@@ -11,9 +11,9 @@ from spo_tabular.objectives import PairwiseObjective, SPOObjective, spo_margin
 
 def _reference_objective(W, alpha, beta, log_ref, rho):
     """SPEC §5 written directly with the per-sample loss and torch's KL pieces (independent code)."""
-    W = torch.as_tensor(W)
-    log_ref = torch.as_tensor(log_ref)
-    rho = torch.as_tensor(rho)
+    W = torch.tensor(W)
+    log_ref = torch.tensor(log_ref)
+    rho = torch.tensor(rho)
 
     def L(z):
         zi, zj = z[:, :, None].expand_as(W), z[:, None, :].expand_as(W)
@@ -36,7 +36,7 @@ def test_value_grad_hessian_match_autograd(alpha, beta):
     (grad,) = torch.autograd.grad(value, z)
     H_full = hessian(ref, z.detach()).reshape(15, 15)
     g, H = obj.grad_hess(z.detach())
-    assert obj.value(z.detach()) == pytest.approx(float(value), rel=1e-13)
+    assert obj.value(z.detach()) == pytest.approx(float(value.detach()), rel=1e-13)
     torch.testing.assert_close(g, grad, rtol=1e-11, atol=1e-15)
     for x in range(3):   # contexts are independent: the full Hessian is block diagonal
         torch.testing.assert_close(H[x], H_full[5 * x:5 * x + 5, 5 * x:5 * x + 5], rtol=1e-10, atol=1e-14)

@@ -49,17 +49,16 @@ class SolveResult:
     history: object = field(default=None, repr=False)  # optional per-step DataFrame (SGD)
 
 
-def _log_odds_start(W: torch.Tensor, alpha, ridge: torch.Tensor, complete: bool = False,
-                    equal_weights: bool = False) -> torch.Tensor:
-    """Weighted least squares u_i − u_j ≈ log(W_ij / W_ji) (a graph-Laplacian system), returned as z = u/α.
+def _log_odds_system(W: torch.Tensor, complete: bool, rewards=None):
+    """Shown mass c = W + Wᵀ (m, n, n) and b_i = Σ_j c_ij log(W_ij / W_ji) (m, n) of the log-odds fit.
 
-    Exact for consistent Bradley–Terry mass. `ridge` (m,) bool marks contexts whose graph is
-    disconnected: a tiny ridge there pins the directions the data leave free. `complete` says every
-    off-diagonal W is positive, so no log-odds is infinite.
+    With `rewards` (population Bradley–Terry) the log-odds are r_i − r_j exactly, so
+    b = deg ⊙ r − c r needs no logarithm and survives W underflowing to 0 for huge reward gaps.
     """
-    m, n, _ = W.shape
     c = W + W.transpose(1, 2)                                # shown mass of the pair, symmetric
-    alpha = torch.as_tensor(alpha, dtype=DTYPE).reshape(-1, 1)   # float or (m,) per context
+    if rewards is not None:
+        r = torch.tensor(np.asarray(rewards, dtype=np.float64))   # (m, n), a copy: rewards are read-only
+        return c, c.sum(dim=2) * r - torch.bmm(c, r[..., None])[..., 0]
     if complete:
         logW = torch.log(W)
         L = logW - logW.transpose(1, 2)
@@ -70,7 +69,18 @@ def _log_odds_start(W: torch.Tensor, alpha, ridge: torch.Tensor, complete: bool 
         # A one-way pair has an infinite log-odds; half the smallest mass (Haldane-style) keeps it finite.
         logW = torch.log(torch.clamp(W, min=floor))
         L = torch.where(c > 0, logW - logW.transpose(1, 2), 0.0)
-    b = (c * L).sum(dim=2)                                   # (m, n)
+    return c, (c * L).sum(dim=2)
+
+
+def _log_odds_start(c: torch.Tensor, b: torch.Tensor, alpha, ridge: torch.Tensor,
+                    equal_weights: bool = False) -> torch.Tensor:
+    """Weighted least squares Σ c_ij (u_i − u_j − log(W_ij/W_ji))² (a graph-Laplacian system L u = b), as z = u/α.
+
+    Exact for consistent Bradley–Terry mass. `ridge` (m,) bool marks contexts whose graph is
+    disconnected: a tiny ridge there pins the directions the data leave free. `c` is consumed.
+    """
+    m, n, _ = c.shape
+    alpha = torch.as_tensor(alpha, dtype=DTYPE).reshape(-1, 1)   # float or (m,) per context
     if equal_weights:
         # Every pair shown equally often (c_ij = c_x): the Laplacian is c_x(nI − 11ᵀ), so the
         # mean-zero solution is b / (c_x n).
@@ -127,10 +137,16 @@ def _newton_direction(g: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     d = torch.linalg.solve_triangular(chol.mT, y, upper=True)[..., 0]
     bad = info != 0
     if bool(bad.any()):
-        lam, U = torch.linalg.eigh(system[bad])
-        lam = lam.abs().clamp(min=1e-10 * scale[bad, None])
-        coef = (U.transpose(1, 2) @ g[bad][..., None])[..., 0] / lam
-        d[bad] = -(U @ coef[..., None])[..., 0]
+        try:
+            lam, U = torch.linalg.eigh(system[bad])
+            lam = lam.abs().clamp(min=1e-10 * scale[bad, None])
+            coef = (U.transpose(1, 2) @ g[bad][..., None])[..., 0] / lam
+            d[bad] = -(U @ coef[..., None])[..., 0]
+        except torch.linalg.LinAlgError:
+            # Numerically singular beyond repair (e.g. probabilities that underflow): a diagonally
+            # scaled gradient step; the line search keeps it a descent step.
+            diag = torch.diagonal(system[bad], dim1=1, dim2=2).abs().clamp(min=torch.finfo(g.dtype).tiny)
+            d[bad] = -g[bad] / torch.maximum(diag, scale[bad, None])
     return d - d.mean(dim=1, keepdim=True)
 
 
@@ -150,13 +166,17 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     stalled_all = torch.zeros(m, dtype=torch.bool)
     idx = torch.arange(m)                        # contexts of `obj` that `sub` still holds
     sub, zs, fs = obj, z, None
-    floor = tiny + 1e-30 * sub.context_mass()[:, None]
+    mass = sub.context_mass()
+    floor = tiny + 1e-30 * mass[:, None]
     n_iter = 0
     for it in range(max_iter + 1):
         g, H = sub.grad_hess(zs)
         err = (g.abs() / torch.diagonal(H, dim1=1, dim2=2).abs().clamp(min=floor)).amax(dim=1)
-        err_all[idx], gmax_all[idx] = err, g.abs().amax(dim=1)
-        done = (err <= tol) | stalled_all[idx]
+        gmax = g.abs().amax(dim=1)
+        err_all[idx], gmax_all[idx] = err, gmax
+        # Done: the scaled gradient is below tol, or the gradient itself is at round-off level
+        # (where probabilities underflow the Hessian vanishes and no step can improve anything).
+        done = (err <= tol) | (gmax <= 4 * eps * mass) | stalled_all[idx]
         if bool(done.all()) or it == max_iter:
             break
         n_iter = it + 1
@@ -165,7 +185,7 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
             keep = ~done
             idx, sub, zs, g, H = idx[keep], sub.subset(keep), zs[keep], g[keep], H[keep]
             fs = None if fs is None else fs[keep]
-            floor, done = floor[keep], done[keep]
+            floor, mass, done = floor[keep], mass[keep], done[keep]
         d = _newton_direction(g, H)
         d[done] = 0.0
         fs = sub.values(zs) if fs is None else fs
@@ -188,7 +208,9 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
         zs, fs = z_new, f_new
     if zs is not z:
         z[idx] = zs
-    finished = (err_all <= tol) | (stalled_all & (err_all <= max(tol, 1e-9)))
+    # A stalled context is finished when its gradient is at round-off level for its mass.
+    full_mass = obj.context_mass()
+    finished = (err_all <= tol) | (gmax_all <= 4 * eps * full_mass) | (stalled_all & (gmax_all <= 1e3 * eps * full_mass))
     return z, float(gmax_all.max()), n_iter, bool(finished.all()), float(err_all.max())
 
 
@@ -240,9 +262,10 @@ def solve_exact(problem: TabularProblem, *, alpha: float, beta: float = 0.0, dat
                        context_probs=problem.context_probs)
     complete = beats is None or is_complete(beats)
     graph = GraphReport.strongly_connected(problem.n_contexts) if complete else comparison_graph(beats)
-    equal_weights = data is None and weights is None and isinstance(sampler, str) and sampler == "uniform"
-    z0 = _log_odds_start(obj.W, alpha, torch.from_numpy(~graph.unique), complete=complete,
-                         equal_weights=equal_weights)
+    population_bt = data is None and preference is None and weights is None
+    equal_weights = population_bt and isinstance(sampler, str) and sampler == "uniform"
+    c, b = _log_odds_system(obj.W, complete, problem.rewards if population_bt else None)
+    z0 = _log_odds_start(c, b, alpha, torch.from_numpy(~graph.unique), equal_weights=equal_weights)
     if beta > 0:
         z0 = _kl_quadratic_start(obj, z0)
 
