@@ -172,15 +172,16 @@ class SPOObjective(PairwiseObjective):
         self.alpha = as_tensor(alpha).expand(m).clone() if np.ndim(alpha) else \
             torch.full((m,), float(alpha), dtype=DTYPE)                     # (m,)
         self._alpha3 = self.alpha[:, None, None]                            # broadcast over pairs
-        self.S = self.W + self.W.transpose(1, 2)        # (m, n, n) shown mass, symmetric
-        self.S_alpha = self.S * self._alpha3            # α S: Laplacian weights before σσ′
+        # α S with S = W + Wᵀ the shown mass (symmetric): the Laplacian weights before σσ′. Only
+        # this one extra (m, n, n) tensor is kept beside W.
+        self.S_alpha = (self.W + self.W.transpose(1, 2)).mul_(self._alpha3)
         self.lost = self.W.sum(dim=1)                    # (m, n) Σ_j W_ji: mass of losses of i
 
     def subset(self, keep: Tensor) -> "SPOObjective":
         """The same objective restricted to the contexts where `keep` (m,) is True."""
         out = object.__new__(SPOObjective)
         out.__dict__.update(self.__dict__)
-        for name in ("W", "S", "S_alpha", "lost", "log_ref", "context_probs", "beta", "alpha", "_alpha3"):
+        for name in ("W", "S_alpha", "lost", "log_ref", "context_probs", "beta", "alpha", "_alpha3"):
             setattr(out, name, getattr(self, name)[keep])
         out.n_contexts = int(keep.sum())
         if self.offset is not None:
@@ -206,7 +207,7 @@ class SPOObjective(PairwiseObjective):
         return torch.sigmoid(az[:, None, :] - az[:, :, None])    # s = σ(−α(z_i − z_j))
 
     def preference_grad(self, z: Tensor) -> Tensor:
-        return self.lost - torch.einsum("xij,xij->xi", self.S, self._sig(z))
+        return self.lost - torch.einsum("xij,xij->xi", self.S_alpha, self._sig(z)) / self.alpha[:, None]
 
     def _preference_grad_hess(self, z: Tensor):
         s = self._sig(z)

@@ -125,8 +125,13 @@ class PairData:
     def counts(self) -> np.ndarray:
         """count[x, i, j] of (ctx=x, chosen=i, rejected=j), shape (n_contexts, n_actions, n_actions), float64."""
         m, n = self.n_contexts, self.n_actions
-        flat = (self.ctx * n + self.chosen) * n + self.rejected
-        return np.bincount(flat, minlength=m * n * n).astype(np.float64).reshape(m, n, n)
+        counts = np.zeros(m * n * n, dtype=np.int64)
+        # In blocks: the flat cell index of all N pairs at once would be another 8N bytes.
+        for start in range(0, len(self), 1 << 20):
+            block = slice(start, start + (1 << 20))
+            flat = (self.ctx[block] * n + self.chosen[block]) * n + self.rejected[block]
+            counts += np.bincount(flat, minlength=m * n * n)
+        return counts.astype(np.float64).reshape(m, n, n)
 
     def pair_mass(self) -> np.ndarray:
         """Empirical W = counts / N, shape (n_contexts, n_actions, n_actions), Σ W = 1."""
