@@ -26,8 +26,8 @@ def lbfgs_baseline(problem, *, alpha, beta):
     """What a user would write: the objective in torch, autograd for the gradient, scipy's L-BFGS-B
     with its tolerances set to zero so that it runs until it stalls (its defaults stop far earlier)."""
     Wt = torch.as_tensor(pair_mass(problem))
-    log_ref = torch.as_tensor(problem.log_ref)
-    rho = torch.as_tensor(problem.context_probs)
+    log_ref = torch.tensor(problem.log_ref)
+    rho = torch.tensor(problem.context_probs)
     m, n = problem.n_contexts, problem.n_actions
 
     def fun(x):
@@ -69,17 +69,17 @@ def run(n_contexts, n_actions, alpha, repeat):
                            context_probs=problem.context_probs)
         if beta == 0.0:
             target = soft_optimal_policy(problem.rewards, alpha)
-            acc = lambda pol: float(0.5 * np.abs(pol - target).sum(1).max())
+            acc = lambda pol, logits=None: float(0.5 * np.abs(pol - target).sum(1).max())
             metric = "max TV to softmax(r/alpha)"
         else:
-            def acc(pol):
-                z = torch.as_tensor(np.log(pol))
+            def acc(pol, logits=None):
+                z = torch.tensor(np.log(pol) if logits is None else logits)
                 return float(obj.grad(z).abs().max() / obj.preference_grad(z).abs().max())
             metric = "relative gradient norm"
         rows.append({
             "case": f"beta={beta:g} ({ref} ref)", "accuracy metric": metric,
             "ours_s": t_ours, "lbfgs_s": t_base, "ratio": t_base / t_ours,
-            "ours_accuracy": acc(ours.policy), "lbfgs_accuracy": acc(base_policy),
+            "ours_accuracy": acc(ours.policy, ours.logits), "lbfgs_accuracy": acc(base_policy),
             "ours_iter": ours.n_iter, "lbfgs_iter": int(base_res.nit),
             "tv_between": float(0.5 * np.abs(ours.policy - base_policy).sum(1).max()),
         })

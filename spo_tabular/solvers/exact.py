@@ -150,10 +150,12 @@ def _newton_direction(g: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     return d - d.mean(dim=1, keepdim=True)
 
 
-def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: int):
+def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: int, polish: float = 16.0):
     """Batched damped Newton until every context's scaled gradient max_i |∂L/∂z_i| / |∂²L/∂z_i²| ≤ tol.
 
-    The ratio estimates the remaining error of each logit. Contexts that have converged leave the
+    The ratio estimates the remaining error of each logit; a context keeps iterating until it is
+    `polish` times below tol (one more quadratic step is cheap and buys margin) or its gradient is
+    at round-off level, and counts as converged below tol. Contexts that have converged leave the
     active set (when the objective supports `.subset`), so late iterations only touch the stragglers.
     A context whose step has shrunk to round-off is stopped where it is. Returns
     (z, ‖∇L‖∞, n_iter, converged, max scaled gradient).
@@ -176,7 +178,7 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
         err_all[idx], gmax_all[idx] = err, gmax
         # Done: the scaled gradient is below tol, or the gradient itself is at round-off level
         # (where probabilities underflow the Hessian vanishes and no step can improve anything).
-        done = (err <= tol) | (gmax <= 4 * eps * mass) | stalled_all[idx]
+        done = (err <= tol / polish) | (gmax <= 4 * eps * mass) | stalled_all[idx]
         if bool(done.all()) or it == max_iter:
             break
         n_iter = it + 1
