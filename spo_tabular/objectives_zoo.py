@@ -22,10 +22,12 @@ Tensor = torch.Tensor
 # --------------------------------------------------------------------------- margin losses ℓ(u)
 
 def dpo_margin(beta: float) -> MarginLoss:
-    """DPO: ℓ(u) = −log σ(β u) = softplus(−β u); ℓ' = −β σ(−β u); ℓ'' = β² σ(β u) σ(−β u)."""
+    """DPO: ℓ(u) = −log σ(β u); ℓ' = −β σ(−β u); ℓ'' = β² σ(β u) σ(−β u)."""
     return MarginLoss(
         name="dpo",
-        value=lambda u: F.softplus(-beta * u),
+        # logsigmoid, not softplus: F.softplus returns x unchanged above its threshold 20, dropping
+        # log1p(e^{−20}) ≈ 2e-9 — more than the solver's tolerance.
+        value=lambda u: -F.logsigmoid(beta * u),
         d1=lambda u: -beta * torch.sigmoid(-beta * u),
         # σ(t)σ(−t) = exp(logσ(t) + logσ(−t)) stays accurate where σ(−t) underflows.
         d2=lambda u: beta * beta * torch.exp(F.logsigmoid(beta * u) + F.logsigmoid(-beta * u)),
