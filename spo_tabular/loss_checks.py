@@ -166,7 +166,10 @@ def check_loss(problem: TabularProblem, *, loss: str, sampler="uniform", tol: fl
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)      # the status is reported instead
         if loss == "rlhf":
-            res = solve_rlhf(problem, beta=params["beta"], sampler=sampler)
+            # Hand the BT preference over explicitly, so the reward model is fitted by maximum
+            # likelihood (the SPO α = 1 solve) instead of being read off the rewards.
+            res = solve_rlhf(problem, beta=params["beta"], sampler=sampler,
+                             preference=bradley_terry(problem.rewards))
         else:
             res = solve_exact(problem, loss=loss, sampler=sampler, **params)
     nan = float("nan")

@@ -62,6 +62,10 @@ def test_hinge_minimiser_is_certified_by_a_dual_flow(problem, beta):
         warnings.simplefilter("ignore", RuntimeWarning)       # ties make hinge minimisers non-unique
         res = solve_exact(problem, loss="hinge", beta=beta)
     assert res.converged and res.status in ("converged", "not_unique")
+    # A vertex of a totally unimodular system: log-ratios to π_ref on multiples of 1/β.
+    g = beta * (res.logits - problem.log_ref)
+    g -= g[:, :1]
+    np.testing.assert_allclose(g, np.round(g), rtol=0, atol=1e-9)
     cert = hinge_certificate(problem, beta, res.logits)
     assert cert["violation"] <= 1e-12
     assert abs(cert["primal"] - cert["dual"]) <= 1e-10
