@@ -46,6 +46,21 @@ def hinge_margin(beta: float) -> MarginLoss:
                       d1=lambda u: -beta * (beta * u < 1.0).to(u.dtype), d2=torch.zeros_like)
 
 
+def _softmax_residual(p: Tensor, mass: Tensor, total: Tensor):
+    """(M p − mass, 1 − p) along the last axis, accurate where one p_i is close to 1.
+
+    Σ_i (M p_i − mass_i) = 0 and 1 − p_i = Σ_{j≠i} p_j, so at the largest p_i both are taken from the
+    other (small, accurately computed) entries instead of subtracting two nearly equal numbers.
+    """
+    residual = total[..., None] * p - mass
+    rest = 1.0 - p
+    top = p.argmax(dim=-1, keepdim=True)
+    others = torch.ones_like(p, dtype=torch.bool).scatter_(-1, top, False)
+    residual = residual.scatter(-1, top, -(residual * others).sum(dim=-1, keepdim=True))
+    rest = rest.scatter(-1, top, (p * others).sum(dim=-1, keepdim=True))
+    return residual, rest
+
+
 def _ref_offset(log_ref) -> Tensor:
     lr = as_tensor(log_ref)
     return lr[:, :, None] - lr[:, None, :]          # (m, n, n): c_ij = lr_i − lr_j, so u = h
@@ -88,16 +103,16 @@ class CPOObjective(PairwiseObjective):
         return super().preference_values(z) + self.lam * ce
 
     def preference_grad(self, z: Tensor) -> Tensor:
-        p = torch.softmax(z, dim=-1)
-        return super().preference_grad(z) + self.lam * (self.total[:, None] * p - self.wins)
+        residual, _ = _softmax_residual(torch.softmax(z, dim=-1), self.wins, self.total)
+        return super().preference_grad(z) + self.lam * residual
 
     def _preference_grad_hess(self, z: Tensor):
         g, H = super()._preference_grad_hess(z)
         p = torch.softmax(z, dim=-1)
-        g = g + self.lam * (self.total[:, None] * p - self.wins)
+        residual, rest = _softmax_residual(p, self.wins, self.total)
         Hce = -p[:, :, None] * p[:, None, :]
-        Hce.diagonal(dim1=1, dim2=2).add_(p)
-        return g, H + (self.lam * self.total)[:, None, None] * Hce
+        Hce.diagonal(dim1=1, dim2=2).copy_(p * rest)                # p_i (1 − p_i), accurately
+        return g + self.lam * residual, H + (self.lam * self.total)[:, None, None] * Hce
 
     def context_mass(self) -> Tensor:
         return (1.0 + self.lam) * self.W.sum(dim=(1, 2))
@@ -106,8 +121,8 @@ class CPOObjective(PairwiseObjective):
 class ChoiceObjective(PairwiseObjective):
     """Σ_events Σ_{i∈S} M_i (−z_i + (1/α) logsumexp_S α z) + β Σ_x ρ_x KL(π_z ‖ π_ref): best-of-n / ranked SPO.
 
-    Per event with total mass M and p = softmax_S(α z): gradient −M_i + M p_i, Hessian α M (diag p − ppᵀ)
-    on S. The KL term is inherited from PairwiseObjective (which holds no pair mass here).
+    Per event with total mass M and p = softmax_S(α z): gradient M p_i − M_i, Hessian α M (diag p − ppᵀ)
+    on S (both taken in the cancellation-free form of _softmax_residual). The KL term is inherited from PairwiseObjective (which holds no pair mass here).
     """
 
     def __init__(self, events: ChoiceEvents, *, alpha, beta, log_ref, context_probs):
@@ -115,47 +130,50 @@ class ChoiceObjective(PairwiseObjective):
         super().__init__(torch.zeros((m, 1, 1), dtype=DTYPE), MarginLoss("none", None, None, None),
                          beta=beta, log_ref=log_ref, context_probs=context_probs)
         self.alpha = float(alpha)
-        self.wins = as_tensor(events.wins())                        # (m, n) linear term
         self.mass = as_tensor(events.context_mass())                # (m,)
         self._groups = []
         for ctx, sets, mass in events.groups:
             ctx_t = torch.from_numpy(np.array(ctx, dtype=np.int64))        # copies: data arrays are read-only
             sets_t = torch.from_numpy(np.array(sets, dtype=np.int64))
-            total = as_tensor(mass.sum(axis=1))                     # (E,) M per event
+            mass_t = as_tensor(mass)                                # (E, j) winner mass
+            total = mass_t.sum(dim=1)                               # (E,) M per event
             keep = total > 0                                        # zero-mass events add nothing
-            ctx_t, sets_t, total = ctx_t[keep], sets_t[keep], total[keep]
+            ctx_t, sets_t, mass_t, total = ctx_t[keep], sets_t[keep], mass_t[keep], total[keep]
             gather = ctx_t[:, None] * n + sets_t                    # (E, j) flat (x, i)
             pairs = (gather[:, :, None] * n + sets_t[:, None, :])   # (E, j, j) flat (x, i, i')
-            self._groups.append((ctx_t, gather, pairs, total))
+            self._groups.append((ctx_t, gather, pairs, mass_t, total))
 
     def _scaled(self, z: Tensor, gather: Tensor):
         return self.alpha * z.reshape(-1)[gather]                  # (E, j) α z_S
 
     def preference_values(self, z: Tensor) -> Tensor:
-        out = -(self.wins * z).sum(dim=1)
-        for ctx, gather, _, total in self._groups:
-            lse = torch.logsumexp(self._scaled(z, gather), dim=1)
-            out = out.index_add(0, ctx, total * lse / self.alpha)
+        # Σ_events [M lse_S(αz)/α − Σ_i M_i z_i], per event: an O(1) sum, no cancellation between events.
+        out = torch.zeros(z.shape[0], dtype=DTYPE)
+        for ctx, gather, _, mass, total in self._groups:
+            scaled = self._scaled(z, gather)
+            per_event = (total * torch.logsumexp(scaled, dim=1) - (mass * scaled).sum(dim=1)) / self.alpha
+            out = out.index_add(0, ctx, per_event)
         return out
 
     def preference_grad(self, z: Tensor) -> Tensor:
-        g = -self.wins.reshape(-1).clone()
-        for _, gather, _, total in self._groups:
-            p = torch.softmax(self._scaled(z, gather), dim=1)
-            g.index_add_(0, gather.reshape(-1), (total[:, None] * p).reshape(-1))
+        g = torch.zeros(z.numel(), dtype=DTYPE)
+        for _, gather, _, mass, total in self._groups:
+            residual, _ = _softmax_residual(torch.softmax(self._scaled(z, gather), dim=1), mass, total)
+            g.index_add_(0, gather.reshape(-1), residual.reshape(-1))
         return g.reshape(z.shape)
 
     def _preference_grad_hess(self, z: Tensor):
         m, n = z.shape
-        g = -self.wins.reshape(-1).clone()
+        g = torch.zeros(m * n, dtype=DTYPE)
         H = torch.zeros(m * n * n, dtype=DTYPE)
-        for _, gather, pairs, total in self._groups:
+        for _, gather, pairs, mass, total in self._groups:
             p = torch.softmax(self._scaled(z, gather), dim=1)
+            residual, rest = _softmax_residual(p, mass, total)
+            g.index_add_(0, gather.reshape(-1), residual.reshape(-1))
+            # α M (diag p(1 − p) − ppᵀ off the diagonal): the diagonal lands on (i, i) entries of `pairs`.
             Mp = total[:, None] * p
-            g.index_add_(0, gather.reshape(-1), Mp.reshape(-1))
-            # α M (diag p − ppᵀ): the diagonal lands on (i, i) entries of `pairs`.
             block = -self.alpha * Mp[:, :, None] * p[:, None, :]
-            block.diagonal(dim1=1, dim2=2).add_(self.alpha * Mp)
+            block.diagonal(dim1=1, dim2=2).copy_(self.alpha * Mp * rest)
             H.index_add_(0, pairs.reshape(-1), block.reshape(-1))
         return g.reshape(m, n), H.reshape(m, n, n)
 

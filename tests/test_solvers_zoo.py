@@ -1,6 +1,8 @@
 """solve_exact for every loss and solve_rlhf (SPEC §5–§6): sampled data against maximum-likelihood
 estimates computed independently (choix), existence / uniqueness reporting, hinge as an LP, and the
 parameter checks of the front door."""
+import warnings
+
 import choix
 import numpy as np
 import pytest
@@ -196,6 +198,30 @@ def test_unconverged_runs_say_so():
     with pytest.warns(ConvergenceWarning, match="stopped after 1"):
         res = solve_exact(PROBLEM, loss="cpo", beta=1.0, max_iter=1)
     assert not res.converged and res.status == "max_iter"
+
+
+STRONG_KL = make_problem(4, 6, seed=3, reward_scale=3.0, ref="dirichlet")
+
+
+@pytest.mark.parametrize("loss, extra", [("spo", {}), ("spo_best_of_n", {"k": 3}), ("spo_ranked", {"k": 4})])
+def test_a_stalled_newton_run_is_reported_not_returned_silently(loss, extra):
+    """Either converged with a vanishing gradient, or status max_iter with a ConvergenceWarning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = solve_exact(STRONG_KL, loss=loss, alpha=1.0, beta=100.0, **extra)
+    if res.status == "converged":
+        assert res.grad_norm <= 1e-10
+    else:
+        assert res.status == "max_iter" and not res.converged
+        assert any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
+@pytest.mark.xfail(strict=False, reason="known limitation of the shared _newton: where the KL Hessian is indefinite "
+                   "(β > 0, far from π_ref) its Levenberg–Marquardt damping crawls (f drops ~5e-4 per step); "
+                   "about 1.5% of random problems with β > 0 hit max_iter. Reported to the lead.")
+@pytest.mark.parametrize("loss, extra", [("spo", {}), ("spo_best_of_n", {"k": 3}), ("spo_ranked", {"k": 4})])
+def test_newton_converges_with_a_strong_kl_term(loss, extra):
+    assert solve_exact(STRONG_KL, loss=loss, alpha=1.0, beta=100.0, **extra).status == "converged"
 
 
 # --------------------------------------------------------------------------- hinge

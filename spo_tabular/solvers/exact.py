@@ -274,8 +274,13 @@ def _solve_spo_loss(problem, *, data, sampler, preference, tol, max_iter, alpha=
     alpha = _required("alpha", alpha, "spo")
     if weights is not None and data is not None and np.ndim(weights) == 1:
         weights = pair_weights_from_samples(data, weights)       # per-sample μ → per-pair μ̄
-    return _solve_spo(problem, alpha=alpha, beta=beta, data=data, sampler=sampler, preference=preference,
-                      weights=weights, tol=tol, max_iter=max_iter)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _solve_spo(problem, alpha=alpha, beta=beta, data=data, sampler=sampler, preference=preference,
+                            weights=weights, tol=tol, max_iter=max_iter)
+    for w in caught:      # re-issued under the caller's filters, pointing at the caller's line
+        warnings.warn(w.message, w.category, stacklevel=3)
+    return result
 
 
 def _solve_choice(problem, *, ranked, data, sampler, preference, tol, max_iter, alpha=None, beta=0.0, k=None,

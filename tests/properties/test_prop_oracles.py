@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from spo_tabular.loss_checks import hinge_certificate, stationarity
 from spo_tabular.oracles import oracle_policy
-from spo_tabular.solvers import solve_exact, solve_rlhf
+from spo_tabular.solvers import ConvergenceWarning, solve_exact, solve_rlhf
 from zoo_strategies import alphas, betas, floats, lams, one_torch_thread, preferences, problems, taus  # noqa: F401
 
 TOL = 1e-9
@@ -75,14 +75,21 @@ def test_hinge_minimiser_is_certified_by_a_dual_flow(problem, beta):
 
 @given(problem=problems(), data=st.data(), loss=st.sampled_from(["cpo", "spo", "spo_best_of_n", "spo_ranked"]))
 def test_losses_without_closed_form_stop_at_a_stationary_point(problem, data, loss):
-    """CPO and the SPO variants with β > 0: the autograd gradient of the objective built from losses.py vanishes."""
+    """CPO and the SPO variants with β > 0: the autograd gradient of the objective built from losses.py vanishes
+    — or, where the KL term makes the objective nonconvex and Newton stalls (about 1.5% of random problems
+    with β > 0, see test_solvers_zoo), the result says so with a ConvergenceWarning: never silently."""
     if loss == "cpo":
         params = {"beta": data.draw(betas), "lam": data.draw(lams)}
     else:
         params = {"alpha": data.draw(alphas), "beta": data.draw(floats(0.01, 5.0))}
         if loss != "spo":
             params["k"] = data.draw(st.integers(2, problem.n_actions))
-    res = solve_exact(problem, loss=loss, **params)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = solve_exact(problem, loss=loss, **params)
+    if res.status == "max_iter" and loss != "cpo":
+        assert not res.converged and any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        return
     assert res.status == "converged"
     assert stationarity(problem, loss, params, res.logits) <= 1e-10
     with pytest.raises(ValueError, match="no closed"):
