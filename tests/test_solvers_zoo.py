@@ -219,6 +219,7 @@ def test_a_stalled_newton_run_is_reported_not_returned_silently(loss, extra):
 @pytest.mark.xfail(strict=False, reason="known limitation of the shared _newton: where the KL Hessian is indefinite "
                    "(β > 0, far from π_ref) its Levenberg–Marquardt damping crawls (f drops ~5e-4 per step); "
                    "about 1.5% of random problems with β > 0 hit max_iter. Reported to the lead.")
+@pytest.mark.filterwarnings("ignore::spo_tabular.solvers.ConvergenceWarning")
 @pytest.mark.parametrize("loss, extra", [("spo", {}), ("spo_best_of_n", {"k": 3}), ("spo_ranked", {"k": 4})])
 def test_newton_converges_with_a_strong_kl_term(loss, extra):
     assert solve_exact(STRONG_KL, loss=loss, alpha=1.0, beta=100.0, **extra).status == "converged"
