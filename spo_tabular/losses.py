@@ -3,8 +3,16 @@
 No reduction, no hidden state: the tabular solvers and the transformer mode call the same functions.
 Inputs of any float dtype are upcast to at least float32 (float16/bfloat16 are never used for the
 arithmetic); only stable primitives are used (logsigmoid, logsumexp, softplus).
+
+Weights μ (the `weights=` argument of every loss) are per-sample stop-gradient factors: None (μ = 1),
+an array broadcastable to the loss, or a callable that receives the policy log-probabilities
+stacked as (N, k) (chosen / best first) and returns them; `confidence_weighting` builds the
+symmetric model-confidence family μ_γ.
 """
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +31,60 @@ def _upcast(*tensors):
     return [t.to(dtype) for t in tensors]
 
 
-def _weighted(loss, weights):
+def _weighted(loss, weights, logps):
+    """μ ⊙ loss with μ detached; `logps()` gives the (N, k) input of a callable μ. Checks μ finite, ≥ 0, broadcastable."""
     if weights is None:
         return loss
-    weights = torch.as_tensor(weights, dtype=loss.dtype, device=loss.device)
-    return weights.detach() * loss                      # μ is a stop-gradient weight
+    if callable(weights):
+        weights = weights(logps())
+    try:
+        weights = torch.as_tensor(weights, device=loss.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"weights must be None, a numeric array or a callable, got {type(weights).__name__}") from exc
+    if weights.dtype == torch.bool or weights.is_complex():
+        raise TypeError(f"weights must be real numbers, got dtype {weights.dtype}")
+    weights = weights.detach().to(loss.dtype)           # μ is a stop-gradient weight
+    if not bool(torch.isfinite(weights).all()):
+        raise ValueError("weights must be finite")
+    if bool((weights < 0).any()):
+        raise ValueError("weights must be non-negative")
+    try:
+        shape = torch.broadcast_shapes(weights.shape, loss.shape)
+    except RuntimeError:
+        shape = None
+    if shape != loss.shape:
+        raise ValueError(f"weights of shape {tuple(weights.shape)} do not broadcast to the per-sample "
+                         f"loss of shape {tuple(loss.shape)}")
+    return weights * loss
+
+
+def _pair_logps(logp_chosen, logp_rejected):
+    """The two policy log-probabilities stacked as (..., 2), chosen first: the input of a callable μ."""
+    return torch.stack(torch.broadcast_tensors(logp_chosen, logp_rejected), dim=-1)
+
+
+def confidence_weights(logps, *, alpha, gamma):
+    """μ_γ = (mean_s π(y_s)^α)^γ / batch mean, detached; logps (N, k) -> (N,). For k = 2 the SPEC §4 μ_γ.
+
+    Symmetric in the k responses, so at the population level it leaves softmax(r/α) stationary.
+    Computed in log space: log μ = γ (logsumexp_s α logp_s − log k), normalised by a logsumexp.
+    """
+    alpha = v.positive_float("alpha", alpha)
+    gamma = v.real_float("gamma", gamma)
+    (logps,) = _upcast(logps)
+    if logps.ndim < 2 or logps.shape[-1] < 1 or logps.numel() == 0:
+        raise ValueError(f"logps must have shape (N, k) with N, k >= 1, got {tuple(logps.shape)}")
+    logps = logps.detach()
+    log_mu = gamma * (torch.logsumexp(alpha * logps, dim=-1) - math.log(logps.shape[-1]))
+    n = log_mu.numel()
+    return torch.exp(log_mu - (torch.logsumexp(log_mu.reshape(-1), dim=0) - math.log(n)))
+
+
+def confidence_weighting(*, alpha, gamma):
+    """The callable μ_γ for `weights=`: logps (N, k) -> confidence_weights(logps, alpha=alpha, gamma=gamma)."""
+    alpha = v.positive_float("alpha", alpha)
+    gamma = v.real_float("gamma", gamma)
+    return functools.partial(confidence_weights, alpha=alpha, gamma=gamma)
 
 
 def spo_loss(logp_chosen, logp_rejected, *, alpha, weights=None):
@@ -36,7 +93,7 @@ def spo_loss(logp_chosen, logp_rejected, *, alpha, weights=None):
     logp_chosen, logp_rejected = _upcast(logp_chosen, logp_rejected)
     margin = logp_chosen - logp_rejected                # (n_pairs,)
     loss = -F.logsigmoid(alpha * margin) / alpha        # logsigmoid stays finite where log(sigmoid) is -inf
-    return _weighted(loss, weights)
+    return _weighted(loss, weights, lambda: _pair_logps(logp_chosen, logp_rejected))
 
 
 def spo_best_of_n_loss(logps, best, *, alpha, weights=None):
@@ -55,7 +112,7 @@ def spo_best_of_n_loss(logps, best, *, alpha, weights=None):
     scaled = alpha * logps
     chosen = scaled.gather(1, best.long()[:, None])[:, 0]
     loss = -(chosen - torch.logsumexp(scaled, dim=1)) / alpha   # = -log softmax(α logp)[best] / α
-    return _weighted(loss, weights)
+    return _weighted(loss, weights, lambda: logps)
 
 
 def spo_ranked_loss(logps, *, alpha, weights=None):
@@ -68,34 +125,35 @@ def spo_ranked_loss(logps, *, alpha, weights=None):
     # logsumexp over every suffix s >= t: a reversed cumulative logsumexp.
     suffix = torch.logcumsumexp(scaled.flip(1), dim=1).flip(1)
     loss = -(scaled[:, :-1] - suffix[:, :-1]).sum(dim=1) / alpha
-    return _weighted(loss, weights)
+    return _weighted(loss, weights, lambda: logps)
 
 
 def _ref_margin(logp_chosen, logp_rejected, ref_chosen, ref_rejected):
+    """(h, logp_chosen, logp_rejected) upcast, h = (logp_w − ref_w) − (logp_l − ref_l) of SPEC §4."""
     logp_chosen, logp_rejected, ref_chosen, ref_rejected = _upcast(
         logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    return (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected)   # h of SPEC §4
+    return (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected), logp_chosen, logp_rejected
 
 
 def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta, weights=None):
     """-log sigmoid(beta * h), h = (logp_w - ref_w) - (logp_l - ref_l), per pair (Rafailov et al. 2023)."""
     beta = v.positive_float("beta", beta)
-    h = _ref_margin(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    return _weighted(-F.logsigmoid(beta * h), weights)
+    h, lw, ll = _ref_margin(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return _weighted(-F.logsigmoid(beta * h), weights, lambda: _pair_logps(lw, ll))
 
 
 def ipo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, tau, weights=None):
-    """(h - 1/(2 tau))^2, h as in dpo_loss, per pair (Azar et al. 2023, eq. 17)."""
+    """(h - 1/(2 tau))^2, h as in dpo_loss, per pair (Azar et al. 2023, eq. 17): target margin 1/(2 tau)."""
     tau = v.positive_float("tau", tau)
-    h = _ref_margin(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    return _weighted((h - 1.0 / (2.0 * tau)) ** 2, weights)
+    h, lw, ll = _ref_margin(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return _weighted((h - 1.0 / (2.0 * tau)) ** 2, weights, lambda: _pair_logps(lw, ll))
 
 
 def hinge_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, *, beta, weights=None):
-    """max(0, 1 - beta * h), h as in dpo_loss, per pair (SLiC, Zhao et al. 2023)."""
+    """max(0, 1 - beta * h), h as in dpo_loss, per pair (SLiC, Zhao et al. 2023): margin 1/beta."""
     beta = v.positive_float("beta", beta)
-    h = _ref_margin(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
-    return _weighted(torch.relu(1.0 - beta * h), weights)
+    h, lw, ll = _ref_margin(logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+    return _weighted(torch.relu(1.0 - beta * h), weights, lambda: _pair_logps(lw, ll))
 
 
 def cpo_loss(logp_chosen, logp_rejected, *, beta, lam=1.0, weights=None):
@@ -103,7 +161,8 @@ def cpo_loss(logp_chosen, logp_rejected, *, beta, lam=1.0, weights=None):
     beta = v.positive_float("beta", beta)
     lam = v.nonnegative_float("lam", lam)
     logp_chosen, logp_rejected = _upcast(logp_chosen, logp_rejected)
-    return _weighted(-F.logsigmoid(beta * (logp_chosen - logp_rejected)) - lam * logp_chosen, weights)
+    loss = -F.logsigmoid(beta * (logp_chosen - logp_rejected)) - lam * logp_chosen
+    return _weighted(loss, weights, lambda: _pair_logps(logp_chosen, logp_rejected))
 
 
 LOSSES = {

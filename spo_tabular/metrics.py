@@ -1,8 +1,12 @@
-"""Exact tabular metrics between policies (SPEC §7). Policies are (n_contexts, n_actions) arrays."""
+"""Exact tabular metrics between policies (SPEC §7). Policies are (n_contexts, n_actions) arrays.
+
+Per-context values come back as (n_contexts,) arrays; `policy_distances` reports the max and the
+ρ-weighted mean, as SPEC §7 asks.
+"""
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import xlogy
+from scipy.special import rel_entr, xlogy
 
 from . import _validation as v
 
@@ -31,8 +35,8 @@ def tv(p, q) -> np.ndarray:
 def kl(p, q) -> np.ndarray:
     """KL(p ‖ q) = Σ_y p log(p/q) per context, shape (n_contexts,); inf where q = 0 < p."""
     p, q = _pair(p, q)
-    with np.errstate(divide="ignore"):
-        return np.maximum(xlogy(p, p).sum(axis=1) - xlogy(p, q).sum(axis=1), 0.0)
+    # Σ p log(p/q) term by term (no cancellation between two large sums); rounding can leave −1e-17.
+    return np.maximum(rel_entr(p, q).sum(axis=1), 0.0)
 
 
 def max_abs_log_ratio(p, q) -> np.ndarray:
@@ -58,6 +62,9 @@ def expected_reward(rewards, p) -> np.ndarray:
 def win_rate(problem, policy, other, preference=None) -> float:
     """WR(π, π') = Σ_x ρ_x Σ_ij π(i|x) π'(j|x) P[x,i,j] with P[x,i,i] = ½, a float in [0, 1]."""
     from .preferences import preference_matrix
+    from .problems import TabularProblem
+    if not isinstance(problem, TabularProblem):
+        raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
     shape = (problem.n_contexts, problem.n_actions)
     p, q = _policy("policy", policy, shape=shape), _policy("other", other, shape=shape)
     P = preference_matrix(problem, preference).copy()
@@ -69,3 +76,12 @@ def win_rate(problem, policy, other, preference=None) -> float:
 def weighted_mean(values, context_probs) -> float:
     """Σ_x ρ_x values_x."""
     return float(np.dot(context_probs, values))
+
+
+def policy_distances(policy, other, context_probs) -> dict:
+    """max and ρ-weighted mean TV, ρ-weighted KL(policy ‖ other) and max |log ratio|, as a dict of floats."""
+    tvs = tv(policy, other)
+    rho = v.float_array("context_probs", context_probs, shape=tvs.shape)
+    return {"max_tv": float(tvs.max()), "mean_tv": weighted_mean(tvs, rho),
+            "kl": weighted_mean(kl(policy, other), rho),
+            "max_log_ratio": float(max_abs_log_ratio(policy, other).max())}

@@ -138,6 +138,15 @@ class PairData:
         return self.counts() / len(self)
 
 
+def _sample_contexts(rng, context_probs: np.ndarray, size: int) -> np.ndarray:
+    """x ~ ρ for `size` samples (uniform integers when ρ is uniform), int64."""
+    m = context_probs.shape[0]
+    if np.all(context_probs == context_probs[0]):
+        return rng.integers(0, m, size=size)
+    cdf = np.cumsum(context_probs)
+    return np.minimum(np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right"), m - 1)
+
+
 _CHUNK = 1 << 16          # samples per block: keeps every temporary in cache (~3x faster than one pass)
 _TABLE_LIMIT = 1 << 22    # largest (context, ordered pair) table kept for sampling
 
@@ -197,3 +206,151 @@ def sample_pairs(problem: TabularProblem, n_pairs: int, *, seed, sampler="unifor
         np.copyto(chosen[start:stop], np.where(wins, a, b))
         np.subtract(a + b, chosen[start:stop], out=rejected[start:stop])
     return PairData._trusted(ctx, chosen, rejected, m, n)
+
+
+# --------------------------------------------------------------------------- multi-response data (SPEC §2–§3)
+# Luce choice of the best of k shown actions and Plackett–Luce rankings, both by the Gumbel-max trick:
+# argmax / argsort of r + Gumbel noise is an exact Luce draw / Plackett–Luce ranking.
+
+MULTI_SAMPLERS = ("uniform", "ref")
+
+
+def _distinct_rows(name: str, value, n_actions: int, n_rows: int) -> np.ndarray:
+    """(N, k) int64 actions in [0, n_actions), k >= 2, distinct within each row; else raise naming `name`."""
+    arr = np.asarray(value)
+    if arr.ndim != 2 or arr.shape[1] < 2:
+        raise ValueError(f"{name} must be a 2-d integer array of shape (N, k) with k >= 2, got shape {arr.shape}")
+    if arr.shape[0] != n_rows:
+        raise ValueError(f"{name} must have {n_rows} rows (one per sample), got {arr.shape[0]}")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() >= n_actions):
+        raise ValueError(f"{name} entries must lie in [0, {n_actions}), got range [{arr.min()}, {arr.max()}]")
+    ordered = np.sort(arr, axis=1)
+    if np.any(ordered[:, 1:] == ordered[:, :-1]):
+        raise ValueError(f"{name} must hold distinct actions within each row")
+    return arr.astype(np.int64, copy=False)
+
+
+@dataclass(frozen=True, eq=False)
+class BestOfNData:
+    """N best-of-k samples: ctx (N,), shown (N, k) distinct actions, best (N,) the column of `shown` that won."""
+
+    ctx: np.ndarray       # (N,) context index
+    shown: np.ndarray     # (N, k) the k actions shown, in presentation order
+    best: np.ndarray      # (N,) index into shown's columns of the chosen (best) action
+    n_contexts: int
+    n_actions: int
+
+    def __post_init__(self):
+        m = v.positive_int("n_contexts", self.n_contexts)
+        n = v.positive_int("n_actions", self.n_actions, minimum=2)
+        ctx = v.index_array("ctx", self.ctx, m)
+        if ctx.shape[0] == 0:
+            raise ValueError("data must hold at least one sample (ctx is empty)")
+        shown = _distinct_rows("shown", self.shown, n, ctx.shape[0])
+        best = v.index_array("best", self.best, shown.shape[1])
+        if best.shape != ctx.shape:
+            raise ValueError(f"best must have length {ctx.shape[0]}, got {best.shape[0]}")
+        for name, arr in (("ctx", ctx), ("shown", shown), ("best", best)):
+            arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+
+    def __len__(self) -> int:
+        return int(self.ctx.shape[0])
+
+    @property
+    def k(self) -> int:
+        """Number of actions shown per sample."""
+        return int(self.shown.shape[1])
+
+    @property
+    def best_action(self) -> np.ndarray:
+        """(N,) the winning action itself (not its column)."""
+        return self.shown[np.arange(len(self)), self.best]
+
+
+@dataclass(frozen=True, eq=False)
+class RankedData:
+    """N rankings: ctx (N,), ranking (N, k) distinct actions in rank order, best first."""
+
+    ctx: np.ndarray       # (N,) context index
+    ranking: np.ndarray   # (N, k) actions, ranking[:, 0] the best
+    n_contexts: int
+    n_actions: int
+
+    def __post_init__(self):
+        m = v.positive_int("n_contexts", self.n_contexts)
+        n = v.positive_int("n_actions", self.n_actions, minimum=2)
+        ctx = v.index_array("ctx", self.ctx, m)
+        if ctx.shape[0] == 0:
+            raise ValueError("data must hold at least one sample (ctx is empty)")
+        ranking = _distinct_rows("ranking", self.ranking, n, ctx.shape[0])
+        for name, arr in (("ctx", ctx), ("ranking", ranking)):
+            arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+
+    def __len__(self) -> int:
+        return int(self.ctx.shape[0])
+
+    @property
+    def k(self) -> int:
+        """Number of actions ranked per sample."""
+        return int(self.ranking.shape[1])
+
+
+def _gumbel(rng, shape) -> np.ndarray:
+    # −log(−log U) with U in (0, 1]: 1 − random() avoids log(0).
+    return -np.log(-np.log1p(-rng.random(shape)))
+
+
+def _sample_shown_sets(rng, problem: TabularProblem, ctx: np.ndarray, k: int, sampler) -> np.ndarray:
+    """(N, k) distinct actions per sample, in a random presentation order.
+
+    "uniform": a uniformly random k-subset in uniformly random order, drawn without replacement by
+    the skip method (the t-th draw is uniform on the n − t unused actions) in O(N k²) memory-light
+    steps. "ref": successive sampling without replacement ∝ π_ref (Gumbel top-k on log π_ref).
+    """
+    N, n = ctx.shape[0], problem.n_actions
+    v.choice("sampler", sampler, MULTI_SAMPLERS)
+    if sampler == "ref":
+        keys = problem.log_ref[ctx] + _gumbel(rng, (N, n))
+        return np.argsort(-keys, axis=1, kind="stable")[:, :k]
+    shown = np.empty((N, k), dtype=np.int64)
+    for t in range(k):                        # a loop over the k positions, not over samples
+        x = rng.integers(0, n - t, size=N)
+        # The x-th unused action: step over the used ones in increasing order.
+        for used in np.sort(shown[:, :t], axis=1).T:
+            x += x >= used
+        shown[:, t] = x
+    return shown
+
+
+def _check_multi_args(problem, n_samples, k):
+    if not isinstance(problem, TabularProblem):
+        raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
+    N = v.positive_int("n_samples", n_samples)
+    k = v.positive_int("k", k, minimum=2)
+    if k > problem.n_actions:
+        raise ValueError(f"k must be at most n_actions = {problem.n_actions}, got {k}")
+    return N, k
+
+
+def sample_best_of_n(problem: TabularProblem, n_samples: int, k: int, *, seed, sampler="uniform") -> BestOfNData:
+    """Draw n_samples best-of-k samples: x ~ ρ, k actions shown, the best by Luce P(i|S) = e^{r_i}/Σ_S e^{r}."""
+    N, k = _check_multi_args(problem, n_samples, k)
+    rng = v.rng_from(seed)
+    ctx = _sample_contexts(rng, problem.context_probs, N)
+    shown = _sample_shown_sets(rng, problem, ctx, k, sampler)
+    best = np.argmax(problem.rewards[ctx[:, None], shown] + _gumbel(rng, (N, k)), axis=1)   # Gumbel-max
+    return BestOfNData(ctx, shown, best, problem.n_contexts, problem.n_actions)
+
+
+def sample_rankings(problem: TabularProblem, n_samples: int, k: int, *, seed, sampler="uniform") -> RankedData:
+    """Draw n_samples Plackett–Luce rankings of k shown actions: argsort of r + Gumbel noise, best first."""
+    N, k = _check_multi_args(problem, n_samples, k)
+    rng = v.rng_from(seed)
+    ctx = _sample_contexts(rng, problem.context_probs, N)
+    shown = _sample_shown_sets(rng, problem, ctx, k, sampler)
+    order = np.argsort(-(problem.rewards[ctx[:, None], shown] + _gumbel(rng, (N, k))), axis=1, kind="stable")
+    return RankedData(ctx, np.take_along_axis(shown, order, axis=1), problem.n_contexts, problem.n_actions)

@@ -9,17 +9,22 @@ a rank-one gauge term; an indefinite KL Hessian is handled by Levenberg–Marqua
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .. import _validation as v
+from ..choice_sets import data_events, pair_weights_from_samples, population_events
 from ..graphs import GraphReport, comparison_graph, is_complete
 from ..objectives import DTYPE, PairwiseObjective, SPOObjective, _laplacian
-from ..preferences import PairData, pair_mass, pair_probs, preference_matrix
+from ..objectives_zoo import ChoiceObjective, CPOObjective, dpo_objective, hinge_objective, ipo_objective
+from ..preferences import BestOfNData, PairData, RankedData, pair_mass, pair_probs, preference_matrix
 from ..problems import TabularProblem
+from .hinge_lp import solve_hinge_lp
 
 
 class NoFiniteMinimizerWarning(RuntimeWarning):
@@ -70,6 +75,12 @@ def _log_odds_system(W: torch.Tensor, complete: bool, rewards=None):
         logW = torch.log(torch.clamp(W, min=floor))
         L = torch.where(c > 0, logW - logW.transpose(1, 2), 0.0)
     return c, (c * L).sum(dim=2)
+
+
+def _log_odds_fit(W: torch.Tensor, alpha, ridge: torch.Tensor) -> torch.Tensor:
+    """The log-odds start from a pair mass W (m, n, n) alone: z_i − z_j ≈ log(W_ij / W_ji) / α."""
+    c, b = _log_odds_system(W, complete=False)
+    return _log_odds_start(c, b, alpha, ridge)
 
 
 def _log_odds_start(c: torch.Tensor, b: torch.Tensor, alpha, ridge: torch.Tensor,
@@ -196,6 +207,7 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
         t = torch.ones_like(fs)
         # A step this small is deep in Newton's quadratic region: take it whole, skip the line search.
         small = bool(d.abs().max() <= 0.05)
+        ok = torch.ones_like(fs, dtype=torch.bool)
         for _ in range(0 if small else 60):                         # per-context Armijo backtracking
             z_new = zs + t[:, None] * d
             f_new = sub.values(z_new)
@@ -203,6 +215,11 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
             if bool(ok.all()):
                 break
             t = torch.where(ok, t, 0.5 * t)
+        if not bool(ok.all()):
+            # No decrease even after 60 halvings: leave those contexts where they are (stalled).
+            t = torch.where(ok, t, torch.zeros_like(t))
+            z_new = zs + t[:, None] * d
+            f_new = sub.values(z_new)
         if small:
             z_new, f_new = zs + d, None
         step = (t[:, None] * d).abs().amax(dim=1)
@@ -243,9 +260,9 @@ def _result(obj, z, grad_norm, n_iter, converged, status, message) -> SolveResul
                        status=status)
 
 
-def solve_exact(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data: PairData | None = None,
-                sampler="uniform", preference=None, weights=None, tol: float = 1e-12,
-                max_iter: int = 100) -> SolveResult:
+def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data: PairData | None = None,
+               sampler="uniform", preference=None, weights=None, tol: float = 1e-12,
+               max_iter: int = 100) -> SolveResult:
     """argmin_z −(1/α) Σ W μ log σ(α(z_i − z_j)) + β Σ_x ρ_x KL(π_z‖π_ref): population (data=None) or empirical W."""
     if not isinstance(problem, TabularProblem):
         raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
@@ -294,3 +311,269 @@ def solve_exact(problem: TabularProblem, *, alpha: float, beta: float = 0.0, dat
         return _result(obj, z, grad_norm, n_iter, True, "not_unique", message)
     return _result(obj, z, grad_norm, n_iter, True, "converged",
                    f"converged in {n_iter} Newton iterations (scaled gradient {err:.2e}, gradient norm {grad_norm:.2e})")
+
+
+# =========================================================================== the loss zoo (SPEC §4–§6)
+# solve_exact looks the loss up in LOSS_SOLVERS; every smooth loss builds its objective and reuses
+# _newton; hinge is piecewise linear and goes to an LP with a dual certificate (hinge_lp.py).
+
+@dataclass(frozen=True)
+class _LossSolver:
+    """How solve_exact handles one loss: its solver, the loss parameters it takes, the data it accepts."""
+
+    solve: Callable
+    params: tuple
+    data_types: tuple
+
+
+def _required(name: str, value, loss: str):
+    if value is None:
+        raise TypeError(f"{name} is required for loss={loss!r}")
+    return value
+
+
+def _pair_inputs(problem, data, sampler, preference, weights):
+    """(W ⊙ μ, beats) for the pairwise baselines; μ is (m, n, n) per pair or (N,) per sample of PairData."""
+    W, beats = _objective_inputs(problem, data, sampler, preference)
+    if beats is None:     # every ordered pair compared both ways
+        beats = np.broadcast_to(~np.eye(problem.n_actions, dtype=bool), W.shape)
+    if weights is not None:
+        if data is not None and np.ndim(weights) == 1:
+            mu = pair_weights_from_samples(data, weights)
+        else:
+            mu = v.float_array("weights", weights, shape=W.shape)
+            if np.any(mu < 0):
+                raise ValueError("weights must be non-negative")
+        W = W * mu
+        beats = beats & (mu > 0)
+    return W, beats
+
+
+def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss) -> SolveResult:
+    """Newton from z0 with the same reporting as the SPO path: no finite minimiser / not converged / not unique."""
+    if unbounded.any():
+        bad = np.flatnonzero(unbounded)
+        message = (f"{loss}: no finite minimiser in {bad.size} context(s) (first: {bad[:5].tolist()}): "
+                   "some probabilities run to 0 (the beats graph is not strongly connected); "
+                   "add data or a KL term")
+        warnings.warn(message, NoFiniteMinimizerWarning, stacklevel=4)
+        return _result(obj, z0, float(obj.grad(z0).abs().max()), 0, False, "no_finite_minimizer", message)
+    z, grad_norm, n_iter, converged, err = _newton(obj, z0, tol=tol, max_iter=max_iter)
+    if not converged:
+        message = (f"{loss}: stopped after {n_iter} Newton iterations: scaled gradient {err:.3g} > tol={tol:g} "
+                   f"(gradient norm {grad_norm:.3g})")
+        warnings.warn(message, ConvergenceWarning, stacklevel=4)
+        return _result(obj, z, grad_norm, n_iter, False, "max_iter", message)
+    if non_unique.any():
+        bad = np.flatnonzero(non_unique)
+        message = (f"{loss}: minimiser not unique in {bad.size} context(s) (first: {bad[:5].tolist()}): the "
+                   "comparison graph is disconnected, so the mass between its components is free; returned one")
+        warnings.warn(message, NonUniqueMinimizerWarning, stacklevel=4)
+        return _result(obj, z, grad_norm, n_iter, True, "not_unique", message)
+    return _result(obj, z, grad_norm, n_iter, True, "converged",
+                   f"{loss}: converged in {n_iter} Newton iterations (scaled gradient {err:.2e}, "
+                   f"gradient norm {grad_norm:.2e})")
+
+
+def _solve_spo_loss(problem, *, data, sampler, preference, tol, max_iter, alpha=None, beta=0.0, weights=None):
+    alpha = _required("alpha", alpha, "spo")
+    if weights is not None and data is not None and np.ndim(weights) == 1:
+        weights = pair_weights_from_samples(data, weights)       # per-sample μ → per-pair μ̄
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _solve_spo(problem, alpha=alpha, beta=beta, data=data, sampler=sampler, preference=preference,
+                            weights=weights, tol=tol, max_iter=max_iter)
+    for w in caught:      # re-issued under the caller's filters, pointing at the caller's line
+        warnings.warn(w.message, w.category, stacklevel=3)
+    return result
+
+
+def _solve_choice(problem, *, ranked, data, sampler, preference, tol, max_iter, alpha=None, beta=0.0, k=None,
+                  weights=None):
+    loss = "spo_ranked" if ranked else "spo_best_of_n"
+    alpha = v.positive_float("alpha", _required("alpha", alpha, loss))
+    beta = v.nonnegative_float("beta", beta)
+    if preference is not None:
+        raise ValueError(f"preference must be None for loss={loss!r}: the expert is Luce / Plackett–Luce on the rewards")
+    if data is None:
+        if not (isinstance(sampler, str) and sampler == "uniform"):
+            raise ValueError(f"sampler must be 'uniform' for the population {loss} objective "
+                             f"(shown k-sets uniform among the k-subsets), got {sampler!r}")
+        events = population_events(problem, _required("k", k, loss), ranked=ranked, weights=weights)
+    else:
+        if (data.n_contexts, data.n_actions) != (problem.n_contexts, problem.n_actions):
+            raise ValueError(f"data has (n_contexts, n_actions) = {(data.n_contexts, data.n_actions)}, "
+                             f"problem has {(problem.n_contexts, problem.n_actions)}")
+        if k is not None and v.positive_int("k", k, minimum=2) != data.k:
+            raise ValueError(f"k={k} does not match the data, which shows k={data.k} actions per sample")
+        events = data_events(data, weights)
+    obj = ChoiceObjective(events, alpha=alpha, beta=beta, log_ref=problem.log_ref,
+                          context_probs=problem.context_probs)
+    graph = comparison_graph(events.beats())
+    z0 = _log_odds_fit(torch.from_numpy(events.pair_surrogate()), alpha, torch.from_numpy(~graph.unique))
+    no_kl = beta == 0.0
+    return _finish(obj, z0, unbounded=graph.unbounded & no_kl, non_unique=graph.non_unique & no_kl,
+                   tol=tol, max_iter=max_iter, loss=loss)
+
+
+def _solve_dpo(problem, *, data, sampler, preference, tol, max_iter, beta=None, weights=None):
+    beta = v.positive_float("beta", _required("beta", beta, "dpo"))
+    W, beats = _pair_inputs(problem, data, sampler, preference, weights)
+    obj = dpo_objective(W, beta=beta, log_ref=problem.log_ref, context_probs=problem.context_probs)
+    graph = comparison_graph(beats)
+    # DPO's minimiser is log π_ref + (BT log-odds fit)/β: the SPO start shifted by the reference.
+    z0 = obj.log_ref + _log_odds_fit(obj.W, beta, torch.from_numpy(~graph.unique))
+    return _finish(obj, z0, unbounded=graph.unbounded, non_unique=graph.non_unique, tol=tol,
+                   max_iter=max_iter, loss="dpo")
+
+
+def _solve_ipo(problem, *, data, sampler, preference, tol, max_iter, tau=None, weights=None):
+    tau = v.positive_float("tau", _required("tau", tau, "ipo"))
+    W, beats = _pair_inputs(problem, data, sampler, preference, weights)
+    obj = ipo_objective(W, tau=tau, log_ref=problem.log_ref, context_probs=problem.context_probs)
+    # A quadratic bounded below: a minimiser always exists, unique iff the (undirected) graph is connected.
+    graph = comparison_graph(beats | beats.transpose(0, 2, 1))
+    z0 = obj.log_ref.clone()      # Newton solves the quadratic in one step from anywhere
+    return _finish(obj, z0, unbounded=np.zeros(problem.n_contexts, dtype=bool),
+                   non_unique=graph.n_components > 1, tol=tol, max_iter=max_iter, loss="ipo")
+
+
+def _solve_cpo(problem, *, data, sampler, preference, tol, max_iter, beta=None, lam=1.0, weights=None):
+    beta = v.positive_float("beta", _required("beta", beta, "cpo"))
+    lam = v.nonnegative_float("lam", lam)
+    W, beats = _pair_inputs(problem, data, sampler, preference, weights)
+    obj = CPOObjective(W, beta=beta, lam=lam, log_ref=problem.log_ref, context_probs=problem.context_probs)
+    graph = comparison_graph(beats)
+    if lam > 0:
+        # −λ Σ ω_i log π_i is coercive iff every action is chosen at least once (ω_i > 0); then the
+        # objective is strictly convex modulo constants (the cross-entropy Hessian M(diag π − ππᵀ)).
+        has_data = beats.any(axis=(1, 2))
+        unbounded = has_data & ~beats.any(axis=2).all(axis=1)
+        non_unique = ~has_data
+    else:
+        unbounded, non_unique = graph.unbounded, graph.non_unique
+    z0 = _log_odds_fit(obj.W, beta, torch.from_numpy(~graph.unique))
+    return _finish(obj, z0, unbounded=unbounded, non_unique=non_unique, tol=tol, max_iter=max_iter, loss="cpo")
+
+
+def _solve_hinge(problem, *, data, sampler, preference, tol, max_iter, beta=None, weights=None):
+    beta = v.positive_float("beta", _required("beta", beta, "hinge"))
+    W, _ = _pair_inputs(problem, data, sampler, preference, weights)
+    lp = solve_hinge_lp(W, beta=beta)
+    obj = hinge_objective(W, beta=beta, log_ref=problem.log_ref, context_probs=problem.context_probs)
+    z = torch.from_numpy(lp.g) + obj.log_ref
+    mass = W.sum(axis=(1, 2))
+    gap = float(np.max(lp.value - lp.dual_value))
+    # The subgradient certified by the dual flow λ: ∂L/∂g_a = −β (outflow_a − inflow_a).
+    subgrad = beta * float(lp.dual_violation.max())
+    certified = bool(lp.ok.all()) and gap <= 1e-9 * max(1.0, float(mass.max())) and \
+        bool((lp.dual_violation <= 1e-9 * np.maximum(mass, 1e-300)).all())
+    detail = f"LP optimum certified by a dual flow: duality gap {gap:.2e}, subgradient norm {subgrad:.2e}"
+    if not certified:
+        message = f"hinge: LP not certified ({lp.message}; duality gap {gap:.3g}, dual violation " \
+                  f"{float(lp.dual_violation.max()):.3g})"
+        warnings.warn(message, ConvergenceWarning, stacklevel=3)
+        return _result(obj, z, subgrad, 1, False, "max_iter", message)
+    non_unique = lp.width > 1e-7 / beta
+    if non_unique.any():
+        bad = np.flatnonzero(non_unique)
+        message = (f"hinge: minimiser not unique in {bad.size} context(s) (first: {bad[:5].tolist()}): the optimal "
+                   f"set is a polytope (widest log-ratio range {float(lp.width[bad].max()):.3g}); returned one "
+                   f"vertex. {detail}")
+        warnings.warn(message, NonUniqueMinimizerWarning, stacklevel=3)
+        return _result(obj, z, subgrad, 1, True, "not_unique", message)
+    return _result(obj, z, subgrad, 1, True, "converged", f"hinge: unique minimiser. {detail}")
+
+
+_PAIR_DATA = (PairData,)
+LOSS_SOLVERS = {
+    "spo": _LossSolver(_solve_spo_loss, ("alpha", "beta", "weights"), _PAIR_DATA),
+    "spo_best_of_n": _LossSolver(functools.partial(_solve_choice, ranked=False),
+                                 ("alpha", "beta", "k", "weights"), (BestOfNData,)),
+    "spo_ranked": _LossSolver(functools.partial(_solve_choice, ranked=True),
+                              ("alpha", "beta", "k", "weights"), (RankedData,)),
+    "dpo": _LossSolver(_solve_dpo, ("beta", "weights"), _PAIR_DATA),
+    "ipo": _LossSolver(_solve_ipo, ("tau", "weights"), _PAIR_DATA),
+    "hinge": _LossSolver(_solve_hinge, ("beta", "weights"), _PAIR_DATA),
+    "cpo": _LossSolver(_solve_cpo, ("beta", "lam", "weights"), _PAIR_DATA),
+}
+
+
+def solve_exact(problem: TabularProblem, *, loss: str = "spo", alpha=None, beta=None, tau=None, k=None,
+                lam=None, weights=None, data=None, sampler="uniform", preference=None, tol: float = 1e-12,
+                max_iter: int = 100) -> SolveResult:
+    """argmin over logits (m, n) of `loss`'s exact objective (SPEC §5) on the population (data=None) or on data.
+
+    loss ∈ LOSS_SOLVERS: spo (alpha, beta = KL weight, default 0), spo_best_of_n / spo_ranked (alpha, beta =
+    KL weight, k for the population), dpo and hinge (beta = loss strength), ipo (tau), cpo (beta = loss
+    strength, lam = NLL weight, default 1). weights: μ per pair (m, n, n) or per sample (N,); for the
+    population best-of-n / ranked, per shown k-set (m, C(n, k)) in lexicographic order. Returns a
+    SolveResult; a missing / non-unique minimiser or non-convergence is reported by status and a warning.
+    """
+    spec = LOSS_SOLVERS.get(loss) if isinstance(loss, str) else None
+    if spec is None:
+        raise ValueError(f"loss must be one of {sorted(LOSS_SOLVERS)}, got {loss!r}")
+    if not isinstance(problem, TabularProblem):
+        raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
+    given = {name: value for name, value in (("alpha", alpha), ("beta", beta), ("tau", tau), ("k", k),
+                                             ("lam", lam), ("weights", weights)) if value is not None}
+    extra = sorted(set(given) - set(spec.params))
+    if extra:
+        raise ValueError(f"{', '.join(extra)} not used by loss={loss!r} (it takes {', '.join(spec.params)})")
+    if data is not None and not isinstance(data, spec.data_types):
+        names = " or ".join(t.__name__ for t in spec.data_types)
+        raise TypeError(f"data for loss={loss!r} must be a {names} or None, got {type(data).__name__}")
+    tol = v.positive_float("tol", tol)
+    max_iter = v.positive_int("max_iter", max_iter)
+    return spec.solve(problem, data=data, sampler=sampler, preference=preference, tol=tol, max_iter=max_iter,
+                      **given)
+
+
+# --------------------------------------------------------------------------- RLHF (two stages)
+
+_REWARD_FIT = {PairData: "spo", BestOfNData: "spo_best_of_n", RankedData: "spo_ranked"}
+
+
+def solve_rlhf(problem: TabularProblem, *, beta: float, data=None, sampler="uniform", preference=None,
+               tol: float = 1e-12, max_iter: int = 100) -> SolveResult:
+    """RLHF: maximum-likelihood rewards r̂ (BT / Luce / Plackett–Luce), then π = π_ref·exp(r̂/β)/Z, (m, n).
+
+    Population with the BT expert (preference=None): r̂ = r exactly (up to a per-context constant).
+    Otherwise r̂ = θ̂, the minimiser of the α = 1, β = 0 SPO objective on the same comparisons, whose
+    minimiser is softmax(θ̂) (the SPO-1 loss is the BT negative log-likelihood). The policy step is the
+    closed form of max_π E_π[r̂] − β KL(π ‖ π_ref).
+    """
+    if not isinstance(problem, TabularProblem):
+        raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
+    beta = v.positive_float("beta", beta)
+    log_ref = torch.from_numpy(problem.log_ref)
+    if data is None and preference is None and isinstance(sampler, str):
+        v.choice("sampler", sampler, ("uniform", "ref"))
+        rewards = torch.from_numpy(problem.rewards - problem.rewards.mean(axis=1, keepdims=True))
+        fit_status, fit_ok, fit_grad, fit_iter = "converged", True, 0.0, 0
+        fit_message = "population BT rewards are the expert's (exact)"
+    else:
+        fit_loss = "spo" if data is None else _REWARD_FIT.get(type(data))
+        if fit_loss is None:
+            raise TypeError(f"data must be a PairData, BestOfNData, RankedData or None, got {type(data).__name__}")
+        extra = {"preference": preference} if fit_loss == "spo" else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)      # re-reported below with the RLHF context
+            fit = solve_exact(problem, loss=fit_loss, alpha=1.0, beta=0.0, data=data, sampler=sampler,
+                              tol=tol, max_iter=max_iter, **extra)
+        rewards = torch.from_numpy(fit.logits)                      # θ̂ up to a per-context constant
+        fit_status, fit_ok, fit_grad, fit_iter = fit.status, fit.converged, fit.grad_norm, fit.n_iter
+        fit_message = f"reward fit ({fit_loss}, alpha=1, beta=0): {fit.message}"
+    z = log_ref + rewards / beta
+    logits = torch.log_softmax(z, dim=-1)
+    # Value of the RLHF objective at its optimum: −Σ_x ρ_x (E_π r̂ − β KL) = −β Σ_x ρ_x log Z_x.
+    log_z = torch.logsumexp(z, dim=-1)
+    loss = float(-(beta * torch.tensor(problem.context_probs) * log_z).sum())
+    result = SolveResult(policy=logits.exp().numpy(), logits=logits.numpy(), loss=loss, grad_norm=fit_grad,
+                         n_iter=fit_iter, converged=fit_ok, message=f"rlhf: {fit_message}; policy in closed form",
+                         status=fit_status)
+    warning = {"no_finite_minimizer": NoFiniteMinimizerWarning, "not_unique": NonUniqueMinimizerWarning,
+               "max_iter": ConvergenceWarning}.get(fit_status)
+    if warning is not None:
+        warnings.warn(result.message, warning, stacklevel=2)
+    return result
