@@ -1,6 +1,9 @@
-"""Vectorised pair sampler vs choix.generate_pairwise (a per-pair Python loop) on the same rewards.
+"""Vectorised samplers vs choix's per-sample Python loops on the same rewards.
 
-Prints pairs/s of both and the ratio (target >= 300x); our sampler on one thread.
+Pairs: sample_pairs vs choix.generate_pairwise (target >= 300x the pairs/s). Best-of-n and
+rankings: sample_best_of_n / sample_rankings vs choix.generate_rankings (target >= 100x the
+samples/s; choix draws a Plackett–Luce ranking of a random k-subset, which is a best-of-k sample
+too). Our samplers on one thread.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import random
 import numpy as np
 
 from _common import best_time, print_rows
-from spo_tabular import make_problem, sample_pairs
+from spo_tabular import make_problem, sample_best_of_n, sample_pairs, sample_rankings
 
 
 def run(quick: bool):
@@ -28,7 +31,17 @@ def run(quick: bool):
                                         for x in range(m)], 1)
         ours, theirs = n_ours / t_ours, (n_choix // m) * m / t_choix
         rows.append({"sampler": "pairs (uniform, BT)", "n_contexts": m, "n_actions": n,
-                     "ours pairs/s": ours, "choix pairs/s": theirs, "ratio": ours / theirs})
+                     "ours /s": ours, "choix /s": theirs, "ratio": ours / theirs})
+    n_ours, n_choix = (100_000, 1_000) if quick else (2_000_000, 20_000)
+    problem = make_problem(1, 64, seed=0)
+    for k in (4, 8):
+        random.seed(1)
+        t_choix, _ = best_time(lambda: choix.generate_rankings(problem.rewards[0], n_choix, size=k), 1)
+        for name, fn in (("best-of-n", sample_best_of_n), ("rankings", sample_rankings)):
+            t_ours, _ = best_time(lambda: fn(problem, n_ours, k, seed=1), 3)
+            ours, theirs = n_ours / t_ours, n_choix / t_choix
+            rows.append({"sampler": f"{name} k={k} (uniform, Luce)", "n_contexts": 1, "n_actions": 64,
+                         "ours /s": ours, "choix /s": theirs, "ratio": ours / theirs})
     return rows
 
 
