@@ -49,8 +49,10 @@ def solve_exact_batched(problems, *, alpha, beta=0.0, data=None, sampler="unifor
     `beta` floats or sequences; `data` None, a PairData or a sequence of (PairData | None);
     `sampler` and `preference` one value for all (a pair-probability or preference array counts as
     one value) or a list of B. Each result holds the minimiser solve_exact finds for its own
-    configuration (to the solver tolerance), with the same status and warnings; Newton runs on
-    the stack, contexts leaving it as they converge (_newton_rounds).
+    configuration (to the solver tolerance), with the same status and warnings, wherever
+    solve_exact converges; Newton runs on the stack, contexts leaving it as they converge, and
+    starts each context from the better of the log-odds fit and log π_ref (_newton_rounds), which
+    also converges at large β where the log-odds start alone stalls.
     """
     lengths = {name: len(x) for name, x in (("problems", problems), ("alpha", alpha), ("beta", beta), ("data", data))
                if not (isinstance(x, (TabularProblem, PairData)) or x is None or _is_scalar(x))
@@ -179,6 +181,12 @@ def _newton_rounds(W, alpha, beta, log_ref, rho, ridge, *, tol, max_iter):
     rows_all = np.arange(W.shape[0])
     obj = sub(rows_all)
     z = _log_odds_start(obj.W, obj.alpha, torch.from_numpy(ridge))
+    # Where the KL term dominates (large β) the minimiser is near π_ref, far from the log-odds fit;
+    # Newton on the non-convex KL can stall from there, so each context starts from whichever of
+    # the two points has the lower objective.
+    ref = obj.log_ref
+    use_ref = obj.values(ref) < obj.values(z)
+    z = torch.where(use_ref[:, None], ref, z)
     n_iter = np.zeros(rows_all.size, dtype=np.int64)
     converged = np.zeros(rows_all.size, dtype=bool)
     active = rows_all
