@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import torch
-
 SMALL_WORK = 1 << 16   # elements per step below which one thread is faster
 
 
 @contextmanager
 def torch_threads(n: int | None):
     """Run the block with torch.set_num_threads(n), restoring the previous value; None changes nothing."""
+    import torch
     old = torch.get_num_threads()
     if n is None or n == old:
         yield

@@ -4,7 +4,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import stats
 
 from ..metrics import entropy, expected_reward, kl, tv, weighted_mean, win_rate
 
@@ -46,6 +45,7 @@ def loglog_slope(x, y) -> float:
 
 def mean_interval(values, level: float = 0.95):
     """(mean, low, high): Student-t interval of the mean over independent runs (NaN bounds for one run)."""
+    from scipy import stats      # imported here: scipy.stats is slow to import and only summaries need it
     a = np.asarray(values, dtype=float)
     a = a[np.isfinite(a)]
     if a.size == 0:

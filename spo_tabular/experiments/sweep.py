@@ -167,6 +167,7 @@ class Journal:
 def _worker_init():
     """Process-pool workers: one torch thread each (the pool supplies the parallelism), no bars."""
     os.environ[QUIET_ENV] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
     import torch
     torch.set_num_threads(1)
 
