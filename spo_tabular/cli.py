@@ -10,6 +10,7 @@ import json
 import sys
 
 from .checks import check_theorem1
+from .experiments import cli as experiment_cli
 from .loss_checks import configure_check, run_check, zoo_claims
 from .problems import make_problem
 from .report import format_record, format_table
@@ -88,6 +89,8 @@ def _run_reproduce(args) -> int:
 COMMANDS = {
     "check": ("check one loss's exact minimiser against its oracle (or an optimality certificate)",
               configure_check, run_check),
+    "experiment": ("run a finite-data experiment (scaling, noise, dataset-size, collapse, regularization)",
+                   experiment_cli.configure, experiment_cli.run),
     "reproduce": ("verify every claim checked so far and print one table", _configure_reproduce, _run_reproduce),
     "theorem1": ("check Theorem 1 on a random problem", _configure_theorem1, _run_theorem1),
 }

@@ -354,3 +354,149 @@ def sample_rankings(problem: TabularProblem, n_samples: int, k: int, *, seed, sa
     shown = _sample_shown_sets(rng, problem, ctx, k, sampler)
     order = np.argsort(-(problem.rewards[ctx[:, None], shown] + _gumbel(rng, (N, k))), axis=1, kind="stable")
     return RankedData(ctx, np.take_along_axis(shown, order, axis=1), problem.n_contexts, problem.n_actions)
+
+
+# --------------------------------------------------------------------------- expert models beyond Bradley–Terry
+# SPEC §2. Each constructor returns an (m, n, n) array with P + Pᵀ = 1 (diagonal ½): pass it as
+# `preference=` to pair_mass, sample_pairs, solve_exact or win_rate.
+
+def label_noise(preference, noise: float) -> np.ndarray:
+    """Flip each label with probability ε: P' = (1 − ε) P + ε Pᵀ, shape of P; ε ∈ [0, ½]."""
+    eps = v.nonnegative_float("noise", noise)
+    if eps > 0.5:
+        raise ValueError(f"noise must lie in [0, 0.5] (a flip probability above ½ reverses the expert), got {eps}")
+    P = v.float_array("preference", preference, ndim=3)
+    return (1.0 - eps) * P + eps * P.transpose(0, 2, 1)
+
+
+def noisy_bradley_terry(rewards, noise: float) -> np.ndarray:
+    """P = (1 − ε) σ(r_i − r_j) + ε σ(r_j − r_i), shape (n_contexts, n_actions, n_actions)."""
+    return label_noise(bradley_terry(v.float_array("rewards", rewards, ndim=2)), noise)
+
+
+def thurstone(rewards) -> np.ndarray:
+    """Thurstone (probit): P = Φ(r_i − r_j), Φ the standard normal CDF; shape (m, n, n)."""
+    from scipy.special import ndtr
+    r = v.float_array("rewards", rewards, ndim=2)
+    return ndtr(r[:, :, None] - r[:, None, :])
+
+
+def deterministic_preferences(rewards) -> np.ndarray:
+    """P = 1[r_i > r_j] + ½·1[r_i = r_j]: the expert always picks the higher reward; shape (m, n, n)."""
+    r = v.float_array("rewards", rewards, ndim=2)
+    d = r[:, :, None] - r[:, None, :]
+    return (d > 0) + 0.5 * (d == 0)
+
+
+def cyclic_preferences(n_contexts: int, n_actions: int, *, strength: float = 1.0) -> np.ndarray:
+    """Rock–paper–scissors: i beats i+1, …, i+⌊(n−1)/2⌋ (mod n) with probability `strength` ∈ [½, 1]; shape (m, n, n).
+
+    No reward ranks the actions: every action beats as many as beat it (a regular tournament for odd
+    n; for even n the opposite action ties at ½).
+    """
+    m = v.positive_int("n_contexts", n_contexts)
+    n = v.positive_int("n_actions", n_actions, minimum=3)
+    s = v.real_float("strength", strength)
+    if not 0.5 <= s <= 1.0:
+        raise ValueError(f"strength must lie in [0.5, 1], got {s}")
+    ahead = (np.arange(n)[None, :] - np.arange(n)[:, None]) % n     # (n, n): j − i mod n
+    half = (n - 1) // 2
+    P = np.full((n, n), 0.5)
+    P[(ahead >= 1) & (ahead <= half)] = s
+    P[(ahead >= n - half) & (ahead <= n - 1)] = 1.0 - s
+    return np.broadcast_to(P, (m, n, n)).copy()
+
+
+def complete_preferences(upper) -> np.ndarray:
+    """An arbitrary expert from its upper triangle: P[x, i, j] for i < j is kept, P_ji = 1 − P_ij, P_ii = ½."""
+    U = v.float_array("upper", upper, ndim=3)
+    if U.shape[1] != U.shape[2]:
+        raise ValueError(f"upper must have shape (n_contexts, n_actions, n_actions), got {U.shape}")
+    n = U.shape[1]
+    iu = np.triu(np.ones((n, n), dtype=bool), k=1)
+    if np.any((U[:, iu] < 0) | (U[:, iu] > 1)):
+        raise ValueError("upper's entries above the diagonal must be probabilities in [0, 1]")
+    P = np.where(iu, U, 0.0)
+    P = P + np.where(iu.T, 1.0 - P.transpose(0, 2, 1), 0.0)
+    P[:, np.arange(n), np.arange(n)] = 0.5
+    return P
+
+
+EXPERT_MODELS = {
+    "bt": lambda problem: bradley_terry(problem.rewards),
+    "noisy": lambda problem: bradley_terry(problem.rewards),   # with the `noise` flip applied below
+    "thurstone": lambda problem: thurstone(problem.rewards),
+    "deterministic": lambda problem: deterministic_preferences(problem.rewards),
+    "cyclic": lambda problem: cyclic_preferences(problem.n_contexts, problem.n_actions),
+}
+
+
+def expert_preferences(problem: TabularProblem, model: str = "bt", *, noise: float = 0.0) -> np.ndarray:
+    """The named expert's P (m, n, n) on the problem's rewards, with labels flipped with probability `noise`.
+
+    model: "bt" σ(Δ), "noisy" (BT with label noise; the same as "bt" with noise > 0), "thurstone"
+    Φ(Δ), "deterministic" 1[Δ > 0] + ½·1[Δ = 0], "cyclic" (rock–paper–scissors, ignores rewards).
+    """
+    if not isinstance(problem, TabularProblem):
+        raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
+    v.choice("model", model, EXPERT_MODELS)
+    return label_noise(EXPERT_MODELS[model](problem), noise)
+
+
+def covered_pair_probs(problem: TabularProblem, shown) -> np.ndarray:
+    """Partial coverage: q uniform over the shown pairs; shown is a bool (n, n) or (m, n, n) mask, symmetrised.
+
+    Returns q (m, n, n) for `sampler=`; pairs outside the mask are never presented (SPEC §3).
+    """
+    if not isinstance(problem, TabularProblem):
+        raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
+    m, n = problem.n_contexts, problem.n_actions
+    mask = np.asarray(shown)
+    if mask.dtype != bool:
+        raise TypeError(f"shown must be a boolean mask, got dtype {mask.dtype}")
+    if mask.shape == (n, n):
+        mask = np.broadcast_to(mask, (m, n, n))
+    if mask.shape != (m, n, n):
+        raise ValueError(f"shown must have shape ({n}, {n}) or ({m}, {n}, {n}), got {mask.shape}")
+    mask = (mask | mask.transpose(0, 2, 1)) & ~np.eye(n, dtype=bool)
+    per_context = mask.sum(axis=(1, 2))
+    if np.any(per_context == 0):
+        raise ValueError(f"shown must include at least one pair in every context; context(s) "
+                         f"{np.flatnonzero(per_context == 0)[:5].tolist()} have none")
+    return mask / per_context[:, None, None]
+
+
+def pairs_mask(n_actions: int, pairs) -> np.ndarray:
+    """Boolean (n, n) mask of the listed unordered pairs [(i, j), ...], for covered_pair_probs."""
+    n = v.positive_int("n_actions", n_actions, minimum=2)
+    arr = np.asarray(pairs)
+    if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"pairs must be a non-empty list of integer (i, j) pairs, got shape {arr.shape}")
+    if arr.min() < 0 or arr.max() >= n or np.any(arr[:, 0] == arr[:, 1]):
+        raise ValueError(f"pairs must hold distinct actions in [0, {n})")
+    mask = np.zeros((n, n), dtype=bool)
+    mask[arr[:, 0], arr[:, 1]] = True
+    return mask | mask.T
+
+
+# --------------------------------------------------------------------------- IPO toy data sets (SPEC §9)
+
+# Azar et al. 2023, §5: one context, actions (a, b, c) = (0, 1, 2), uniform π_ref, each listed
+# comparison (chosen, rejected) present once. The papers give no rewards; the presets carry ones
+# consistent with the labels where there are any: D1 a > b > c as (1, 0, −1); D2 (a cycle) and D3
+# (a ≻ b and b ≻ a, c unseen) have none, so zeros.
+IPO_TOY_DATASETS = {
+    "D1": (((0, 1), (1, 2), (0, 2)), (1.0, 0.0, -1.0)),    # total order a ≻ b ≻ c
+    "D2": (((0, 1), (1, 2), (2, 0)), (0.0, 0.0, 0.0)),     # cycle a ≻ b ≻ c ≻ a
+    "D3": (((0, 1), (1, 0)), (0.0, 0.0, 0.0)),             # a ≻ b and b ≻ a; c never shown
+}
+
+
+def ipo_toy_dataset(name: str):
+    """(problem, data) of the IPO paper's toy set "D1" | "D2" | "D3": one context, 3 actions, uniform π_ref."""
+    v.choice("name", name, IPO_TOY_DATASETS)
+    pairs, rewards = IPO_TOY_DATASETS[name]
+    pairs = np.asarray(pairs, dtype=np.int64)
+    problem = TabularProblem(np.asarray([rewards]))
+    data = PairData(np.zeros(len(pairs), dtype=np.int64), pairs[:, 0], pairs[:, 1], 1, 3)
+    return problem, data

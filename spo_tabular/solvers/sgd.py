@@ -1,0 +1,273 @@
+"""Gradient solver for the empirical preference objectives on a logits table, in torch.
+
+Minimises  (1/N) Σ_k μ_k ℓ(logp[x_k, chosen_k], logp[x_k, rejected_k])  +  β Σ_x ρ_x KL(π_z(·|x) ‖ π_ref(·|x))
+over logits z (n_contexts, n_actions), with ℓ one of the per-sample losses of `spo_tabular.losses`
+(the very functions the transformer mode trains with) and the KL computed exactly on the whole
+table (SPEC §5: global, over every action). Two modes, and they are different algorithms:
+
+- `batch_size=None` (default), full batch: the empirical objective depends on the data only
+  through the count of each distinct (ctx, chosen, rejected), so every step evaluates ℓ once per
+  distinct triple with weight count/N. The gradient is exact: this is deterministic gradient
+  descent (Adam steps with a decaying learning rate), not stochastic. It is the fast way to the
+  empirical minimiser: a step costs O(distinct triples) ≤ O(min(N, m·n²)).
+- `batch_size=B`: true minibatch SGD, B pairs drawn uniformly with replacement from the N pairs
+  each step (an unbiased estimate of the same objective's gradient).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import _validation as v
+from .._progress import progress
+from .._threads import SMALL_WORK, torch_threads
+from ..graphs import comparison_graph
+from ..losses import LOSSES
+from ..preferences import PairData
+from ..problems import TabularProblem
+from .exact import ConvergenceWarning, NoFiniteMinimizerWarning, SolveResult
+
+HISTORY_COLUMNS = ("step", "loss", "tv_to_target", "entropy", "kl_to_ref")
+
+
+@dataclass(frozen=True)
+class PairLossSpec:
+    """How solve_sgd calls a pairwise loss of LOSSES."""
+
+    uses_ref: bool        # takes log π_ref(chosen), log π_ref(rejected) (the DPO family, SPEC §4)
+    params: tuple         # its hyperparameters, by SPEC name
+    beta_is_kl: bool      # `beta` weights the explicit global KL term (SPO), not the loss itself
+    logistic: bool        # −log σ of a margin: no finite minimiser unless the beats graph is strongly connected
+
+
+PAIR_LOSSES = {
+    "spo": PairLossSpec(uses_ref=False, params=("alpha",), beta_is_kl=True, logistic=True),
+    "dpo": PairLossSpec(uses_ref=True, params=("beta",), beta_is_kl=False, logistic=True),
+    "ipo": PairLossSpec(uses_ref=True, params=("tau",), beta_is_kl=False, logistic=False),
+    "hinge": PairLossSpec(uses_ref=True, params=("beta",), beta_is_kl=False, logistic=False),
+    "cpo": PairLossSpec(uses_ref=False, params=("beta", "lam"), beta_is_kl=False, logistic=False),
+}
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+# Learning-rate factor at step t of T, decaying from 1 to `final` (a ratio).
+SCHEDULES = {
+    "constant": lambda t, T, final: 1.0,
+    "exponential": lambda t, T, final: final ** (t / max(T - 1, 1)),
+    "cosine": lambda t, T, final: final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t / max(T - 1, 1))),
+}
+
+
+def make_pair_loss(loss: str = "spo", *, alpha: float = 1.0, beta: float = 0.0, tau: float = 1.0,
+                   lam: float = 1.0):
+    """(f, kl_weight): f(logp_chosen, logp_rejected, ref_chosen, ref_rejected, weights) -> per-pair loss (N,).
+
+    `beta` is SPO's global KL weight (returned as kl_weight) and the loss's own β for dpo, hinge
+    and cpo (whose regularisation is implicit, so kl_weight = 0); `tau` is IPO's, `lam` CPO's.
+    """
+    v.choice("loss", loss, PAIR_LOSSES)
+    spec = PAIR_LOSSES[loss]
+    checks = {"alpha": (v.positive_float, alpha), "tau": (v.positive_float, tau),
+              "lam": (v.nonnegative_float, lam),
+              "beta": (v.nonnegative_float if spec.beta_is_kl else v.positive_float, beta)}
+    kwargs = {name: checks[name][0](name, checks[name][1]) for name in spec.params}
+    kl_weight = v.nonnegative_float("beta", beta) if spec.beta_is_kl else 0.0
+    fn = LOSSES[loss]
+    if spec.uses_ref:
+        def per_pair(logp_chosen, logp_rejected, ref_chosen, ref_rejected, weights=None):
+            return fn(logp_chosen, logp_rejected, ref_chosen, ref_rejected, weights=weights, **kwargs)
+    else:
+        def per_pair(logp_chosen, logp_rejected, ref_chosen, ref_rejected, weights=None):
+            return fn(logp_chosen, logp_rejected, weights=weights, **kwargs)
+    return per_pair, kl_weight
+
+
+def aggregate_pairs(data: PairData, weights=None):
+    """Distinct triples of the data: flat indices of (ctx, chosen) and (ctx, rejected) into the
+    (m·n,) logits table and their mass Σ μ / N, shapes (K,), (K,), (K,), sorted by (ctx, chosen, rejected)."""
+    m, n, N = data.n_contexts, data.n_actions, len(data)
+    flat = (data.ctx * n + data.chosen) * n + data.rejected
+    mu = None
+    if weights is not None:
+        mu = v.float_array("weights", weights, shape=(N,))
+        if np.any(mu < 0):
+            raise ValueError("weights must be non-negative")
+    if m * n * n <= max(4 * N, 1 << 20):
+        mass = np.bincount(flat, weights=mu, minlength=m * n * n)
+        keys = np.flatnonzero(mass)
+        mass = mass[keys]
+    else:   # a huge table with few pairs: sort instead of a dense histogram
+        keys, inverse = np.unique(flat, return_inverse=True)
+        mass = np.bincount(inverse, weights=mu, minlength=keys.shape[0])
+    mass = mass.astype(np.float64) / N
+    return keys // n, (keys // (n * n)) * n + keys % n, mass
+
+
+def _seed_int(seed) -> int:
+    """A torch seed from an int, SeedSequence or np.random.Generator (same input ⇒ same seed)."""
+    rng = v.rng_from(seed)             # validates: refuses None, bool, negative ints, other types
+    if isinstance(seed, (int, np.integer)):
+        return int(seed)
+    return int(rng.integers(0, 2**62))
+
+
+def solve_sgd(problem: TabularProblem, data: PairData, *, loss: str = "spo", alpha: float = 1.0,
+              beta: float = 0.0, tau: float = 1.0, lam: float = 1.0, weights=None,
+              optimizer: str = "adam", lr: float = 0.2, schedule: str = "cosine",
+              final_lr: float = 1e-3, batch_size: int | None = None, steps: int = 1000, seed=0,
+              init=None, target=None, tol: float = 1e-6, log_every: int | None = None, callback=None,
+              quiet: bool = False, device=None, dtype=torch.float64, num_threads: int | None = None) -> SolveResult:
+    """argmin_z (1/N) Σ_k μ_k ℓ(logp_chosen, logp_rejected) + β Σ_x ρ_x KL(π_z‖π_ref) by Adam; logits (m, n).
+
+    Full batch on the aggregated counts when batch_size is None, minibatch SGD otherwise (module
+    docstring). lr decays from `lr` to `lr·final_lr` by `schedule`. `target` (m, n) defaults to
+    softmax(r/α). `callback(step, logits)` is called at every logged step; returning True stops.
+    The result's `history` DataFrame holds HISTORY_COLUMNS at every `log_every` steps, measured
+    exactly on the full data. Converged means max_x,i |∂L/∂z_xi| / mass_x ≤ tol (mass_x: the
+    context's data mass plus βρ_x). num_threads=None runs small tables single-threaded (_threads.py).
+    """
+    if not isinstance(problem, TabularProblem):
+        raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
+    if not isinstance(data, PairData):
+        raise TypeError(f"data must be a PairData, got {type(data).__name__}")
+    m, n = problem.n_contexts, problem.n_actions
+    if (data.n_contexts, data.n_actions) != (m, n):
+        raise ValueError(f"data has (n_contexts, n_actions) = {(data.n_contexts, data.n_actions)}, "
+                         f"problem has {(m, n)}")
+    per_pair, kl_weight = make_pair_loss(loss, alpha=alpha, beta=beta, tau=tau, lam=lam)
+    alpha = v.positive_float("alpha", alpha)         # also names the default target softmax(r/α)
+    v.choice("optimizer", optimizer, OPTIMIZERS)
+    v.choice("schedule", schedule, SCHEDULES)
+    lr = v.positive_float("lr", lr)
+    final_lr = v.positive_float("final_lr", final_lr)
+    if final_lr > 1:
+        raise ValueError(f"final_lr is the final/initial learning-rate ratio and must be in (0, 1], got {final_lr}")
+    steps = v.positive_int("steps", steps)
+    tol = v.positive_float("tol", tol)
+    if batch_size is not None:
+        batch_size = v.positive_int("batch_size", batch_size)
+    log_every = max(1, steps // 100) if log_every is None else v.positive_int("log_every", log_every)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    target = problem.target(alpha) if target is None else v.float_array("target", target, shape=(m, n))
+    device = torch.device("cpu" if device is None else device)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    as_t = lambda a, dt=dtype: torch.as_tensor(np.array(a), dtype=dt, device=device)   # a copy: inputs may be read-only
+
+    # Exact full-data objective on the distinct triples (used by every full-batch step, the history
+    # and the final gradient), and the per-pair arrays a minibatch step draws from.
+    agg_c, agg_r, agg_mass = aggregate_pairs(data, weights)
+    log_ref = as_t(problem.log_ref)                          # (m, n)
+    log_ref_flat = log_ref.reshape(-1)
+    rho = as_t(problem.context_probs)                        # (m,)
+    idx_c, idx_r = as_t(agg_c, torch.int64), as_t(agg_r, torch.int64)
+    ref_c, ref_r = log_ref_flat.index_select(0, idx_c), log_ref_flat.index_select(0, idx_r)
+    mass = as_t(agg_mass)
+    target_t = as_t(target)
+
+    def kl_per_context(logp):                                # (m,) KL(π_z ‖ π_ref)
+        return (logp.exp() * (logp - log_ref)).sum(dim=-1)
+
+    def full_objective(z):
+        logp = torch.log_softmax(z, dim=-1)
+        flat = logp.reshape(-1)
+        value = per_pair(flat.index_select(0, idx_c), flat.index_select(0, idx_r), ref_c, ref_r, mass).sum()
+        if kl_weight:
+            value = value + kl_weight * (rho * kl_per_context(logp)).sum()
+        return value
+
+    if batch_size is None:
+        step_objective = full_objective
+    else:
+        N = len(data)
+        pair_c = as_t(data.ctx * n + data.chosen, torch.int64)
+        pair_r = as_t(data.ctx * n + data.rejected, torch.int64)
+        pair_mu = None if weights is None else as_t(v.float_array("weights", weights, shape=(N,)))
+        generator = torch.Generator(device=device).manual_seed(_seed_int(seed))
+
+        def step_objective(z):
+            k = torch.randint(N, (batch_size,), generator=generator, device=device)
+            c, r = pair_c.index_select(0, k), pair_r.index_select(0, k)
+            logp = torch.log_softmax(z, dim=-1)
+            flat = logp.reshape(-1)
+            mu = None if pair_mu is None else pair_mu.index_select(0, k)
+            value = per_pair(flat.index_select(0, c), flat.index_select(0, r),
+                             log_ref_flat.index_select(0, c), log_ref_flat.index_select(0, r), mu).mean()
+            if kl_weight:
+                value = value + kl_weight * (rho * kl_per_context(logp)).sum()
+            return value
+
+    z0 = problem.log_ref if init is None else v.float_array("init", init, shape=(m, n))
+    z = as_t(z0).clone().requires_grad_(True)
+    opt = OPTIMIZERS[optimizer]([z], lr=lr)
+    decay = SCHEDULES[schedule]
+
+    history = []
+
+    def record(step):
+        with torch.no_grad():
+            logp = torch.log_softmax(z, dim=-1)
+            p = logp.exp()
+            tv_max = float((0.5 * (p - target_t).abs().sum(dim=-1)).max())
+            ent = float((rho * -(p * logp).sum(dim=-1)).sum())
+            kl_ref = float((rho * kl_per_context(logp)).sum())
+            history.append((step, float(full_objective(z)), tv_max, ent, kl_ref))
+        return callback is not None and bool(callback(step, z.detach()))
+
+    work = (idx_c.numel() if batch_size is None else batch_size) + m * n     # elements per step
+    if num_threads is None and device.type == "cpu" and work < SMALL_WORK:
+        num_threads = 1
+    elif num_threads is not None:
+        num_threads = v.positive_int("num_threads", num_threads)
+    stopped = False
+    done = 0
+    with torch_threads(num_threads), progress(steps, f"solve_sgd[{loss}]", quiet) as bar:
+        stopped = record(0)
+        while not stopped and done < steps:
+            for group in opt.param_groups:
+                group["lr"] = lr * decay(done, steps, final_lr)
+            opt.zero_grad(set_to_none=True)
+            step_objective(z).backward()
+            opt.step()
+            done += 1
+            if done % log_every == 0 or done == steps:
+                bar.update(done - bar.n)
+                stopped = record(done)
+
+    z_final = z.detach().requires_grad_(True)
+    value = full_objective(z_final)
+    (grad,) = torch.autograd.grad(value, z_final)
+    grad_norm = float(grad.abs().max())
+    ctx_mass = np.bincount(agg_c // n, weights=agg_mass, minlength=m) + kl_weight * problem.context_probs
+    err = float((grad.abs().max(dim=1).values.cpu().numpy() / np.maximum(ctx_mass, 1e-300)).max())
+    logits = torch.log_softmax(z_final.detach(), dim=-1).to(torch.float64).cpu().numpy()
+    frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
+
+    mode = "full-batch" if batch_size is None else f"minibatch({batch_size})"
+    status, converged = "converged", err <= tol
+    message = f"{mode} {optimizer}: {done} steps, scaled gradient {err:.2e} (tol {tol:g}), gradient norm {grad_norm:.2e}"
+    unbounded = PAIR_LOSSES[loss].logistic and kl_weight == 0.0
+    if unbounded:
+        beats = np.zeros(m * n * n, dtype=bool)
+        beats[(agg_c * n + agg_r % n)[agg_mass > 0]] = True     # (x·n + i)·n + j
+        unbounded = bool(comparison_graph(beats.reshape(m, n, n)).unbounded.any())
+    if unbounded:
+        status, converged = "no_finite_minimizer", False
+        message = (f"no finite minimiser: some context's beats graph is not strongly connected, so with no KL "
+                   f"term the {loss} loss sends probabilities to 0; returned the iterate after {done} steps ({message})")
+        warnings.warn(message, NoFiniteMinimizerWarning, stacklevel=2)
+    elif stopped:
+        status = "stopped"
+        message = f"stopped by callback at step {done}; " + message
+    elif not converged:
+        status = "max_steps"
+        warnings.warn(f"solve_sgd did not reach tol: {message}", ConvergenceWarning, stacklevel=2)
+    return SolveResult(policy=np.exp(logits), logits=logits, loss=float(value.detach()), grad_norm=grad_norm,
+                       n_iter=done, converged=bool(converged), message=message, status=status,
+                       history=frame)
