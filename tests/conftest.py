@@ -11,11 +11,12 @@ settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-# pytest-xdist runs one worker per core: a second torch thread per worker only oversubscribes the
-# cores (measured here: a 262k-element sigmoid took 12 ms with 2 threads under load, 0.25 ms with 1).
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    import torch
-    torch.set_num_threads(1)
+# One torch thread in tests: pytest-xdist runs one worker per core, and a second torch thread per
+# worker only oversubscribes the cores (measured here: a 262k-element sigmoid took 12 ms with 2
+# threads under load, 0.25 ms with 1). The tests' tensors are small anyway.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

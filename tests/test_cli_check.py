@@ -9,14 +9,6 @@ from spo_tabular.cli import main
 from spo_tabular.loss_checks import check_loss, loss_params, luce_mle, zoo_claims
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one torch thread (the CI's two cores already run two pytest workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("argv", [
     ["--loss", "spo"], ["--loss", "spo", "--beta", "0.3"], ["--loss", "spo_best_of_n", "--k", "4"],

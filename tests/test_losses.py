@@ -8,14 +8,6 @@ from spo_tabular.losses import (LOSSES, confidence_weighting, confidence_weights
                                 ipo_loss, spo_best_of_n_loss, spo_loss, spo_ranked_loss)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one torch thread (the CI's two cores already run two pytest workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def t(*values):
     return torch.tensor(values, dtype=torch.float64)

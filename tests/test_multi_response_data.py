@@ -14,14 +14,6 @@ from spo_tabular.choice_sets import (MAX_SETS, data_events, n_population_sets, p
 from spo_tabular.preferences import BestOfNData, RankedData, sample_best_of_n, sample_rankings
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one torch thread (the CI's two cores already run two pytest workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def within_sampling_error(freq, prob, n, sigmas=5.0):
     """|empirical − p| ≤ sigmas·sqrt(p(1 − p)/n) for every entry (binomial standard error)."""

@@ -18,14 +18,6 @@ from spo_tabular.solvers.exact import _solve_spo
 from spo_tabular.solvers.hinge_lp import solve_hinge_lp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one torch thread (the CI's two cores already run two pytest workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 PROBLEM = make_problem(3, 4, seed=11, ref="dirichlet")
 

@@ -288,29 +288,10 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
     if beta > 0:
         z0 = _kl_quadratic_start(obj, z0)
 
-    if beta == 0.0 and graph.unbounded.any():
-        bad = np.flatnonzero(graph.unbounded)
-        message = (f"no finite minimiser: the beats graph of {bad.size} context(s) (first: {bad[:5].tolist()}) "
-                   "is not strongly connected, so with beta=0 some probabilities run to 0; "
-                   "use beta > 0 or more data")
-        warnings.warn(message, NoFiniteMinimizerWarning, stacklevel=2)
-        return _result(obj, z0, float(obj.grad(z0).abs().max()), 0, False, "no_finite_minimizer", message)
-
-    z, grad_norm, n_iter, converged, err = _newton(obj, z0, tol=tol, max_iter=max_iter)
-    if not converged:
-        message = (f"stopped after {n_iter} Newton iterations: scaled gradient {err:.3g} > tol={tol:g} "
-                   f"(gradient norm {grad_norm:.3g})")
-        warnings.warn(message, ConvergenceWarning, stacklevel=2)
-        return _result(obj, z, grad_norm, n_iter, False, "max_iter", message)
-    if beta == 0.0 and graph.non_unique.any():
-        bad = np.flatnonzero(graph.non_unique)
-        message = (f"minimiser not unique: the comparison graph of {bad.size} context(s) (first: {bad[:5].tolist()}) "
-                   "is disconnected, so the mass between its components is free; returned the one with equal "
-                   "mean logit per component (beta > 0 selects a unique one)")
-        warnings.warn(message, NonUniqueMinimizerWarning, stacklevel=2)
-        return _result(obj, z, grad_norm, n_iter, True, "not_unique", message)
-    return _result(obj, z, grad_norm, n_iter, True, "converged",
-                   f"converged in {n_iter} Newton iterations (scaled gradient {err:.2e}, gradient norm {grad_norm:.2e})")
+    # With β > 0 the KL term makes every context bounded and strictly determined.
+    no_kl = np.full(problem.n_contexts, beta == 0.0)
+    return _finish(obj, z0, unbounded=graph.unbounded & no_kl, non_unique=graph.non_unique & no_kl,
+                   tol=tol, max_iter=max_iter, loss="spo")
 
 
 # =========================================================================== the loss zoo (SPEC §4–§6)

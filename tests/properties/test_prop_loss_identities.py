@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from spo_tabular.losses import (cpo_loss, dpo_loss, hinge_loss, ipo_loss, spo_best_of_n_loss, spo_loss,
                                 spo_ranked_loss)
-from zoo_strategies import alphas, arrays, betas, lams, logps, one_torch_thread, taus  # noqa: F401
+from zoo_strategies import alphas, arrays, betas, lams, logps, taus  # noqa: F401
 
 
 @given(a=logps((16,)), b=logps((16,)), alpha=alphas)

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spo_tabular.metrics import kl, tv, win_rate
-from zoo_strategies import arrays, one_torch_thread, preferences, problems  # noqa: F401
+from zoo_strategies import arrays, preferences, problems  # noqa: F401
 
 
 def policies(m, n):

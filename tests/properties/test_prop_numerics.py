@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from spo_tabular.losses import (cpo_loss, dpo_loss, hinge_loss, ipo_loss, spo_best_of_n_loss, spo_loss,
                                 spo_ranked_loss)
-from zoo_strategies import alphas, arrays, betas, floats, lams, logps, one_torch_thread, taus  # noqa: F401
+from zoo_strategies import alphas, arrays, betas, floats, lams, logps, taus  # noqa: F401
 
 margins = st.one_of(arrays((32,), -1e4, 1e4), arrays((32,), -40.0, 40.0)).map(torch.from_numpy)
 

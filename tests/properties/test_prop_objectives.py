@@ -12,7 +12,7 @@ from spo_tabular.objectives import PairwiseObjective, SPOObjective, spo_margin
 from spo_tabular.objectives_zoo import (ChoiceObjective, CPOObjective, dpo_objective, hinge_objective,
                                         ipo_objective)
 from spo_tabular.solvers.exact import _newton, solve_exact
-from zoo_strategies import alphas, arrays, betas, lams, one_torch_thread, problems, taus  # noqa: F401
+from zoo_strategies import alphas, arrays, betas, lams, problems, taus  # noqa: F401
 
 KINDS = ("spo", "dpo", "ipo", "cpo", "best_of_n", "ranked", "hinge")
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from spo_tabular.loss_checks import hinge_certificate, stationarity
 from spo_tabular.oracles import oracle_policy
 from spo_tabular.solvers import ConvergenceWarning, solve_exact, solve_rlhf
-from zoo_strategies import alphas, betas, floats, lams, one_torch_thread, preferences, problems, taus  # noqa: F401
+from zoo_strategies import alphas, betas, floats, lams, preferences, problems, taus  # noqa: F401
 
 TOL = 1e-9
 

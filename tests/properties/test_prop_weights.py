@@ -11,7 +11,7 @@ from spo_tabular.losses import (LOSSES, confidence_weighting, cpo_loss, dpo_loss
                                 spo_best_of_n_loss, spo_loss, spo_ranked_loss)
 from spo_tabular.objectives import SPOObjective
 from spo_tabular.preferences import sample_best_of_n, sample_pairs, sample_rankings
-from zoo_strategies import alphas, arrays, logps, one_torch_thread, problems  # noqa: F401
+from zoo_strategies import alphas, arrays, logps, problems  # noqa: F401
 
 N = 12
 

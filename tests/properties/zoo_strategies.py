@@ -54,11 +54,3 @@ def preferences(draw, problem):
     P = np.triu(upper, 1)
     return P + np.tril(1.0 - P.transpose(0, 2, 1), -1) + 0.5 * np.eye(n)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one torch thread (the CI's two cores already run two pytest workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
