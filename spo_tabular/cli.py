@@ -12,6 +12,7 @@ import sys
 from .checks import check_theorem1
 from .problems import make_problem
 from .report import format_record, format_table
+from .transformer import cli as transformer_cli
 
 
 class UsageError(Exception):
@@ -86,6 +87,8 @@ def _run_reproduce(args) -> int:
 COMMANDS = {
     "reproduce": ("verify every claim checked so far and print one table", _configure_reproduce, _run_reproduce),
     "theorem1": ("check Theorem 1 on a random problem", _configure_theorem1, _run_theorem1),
+    "transformer": ("train a small causal transformer with SPO/DPO and check it exactly by enumeration",
+                    transformer_cli.configure, transformer_cli.run),
 }
 
 
