@@ -96,6 +96,7 @@ class RunConfig:
     device: str = "auto"          # auto | cpu | cuda
     amp: bool = True              # bf16 autocast on CUDA (never on CPU; --no-amp turns it off); losses stay float32
     compile: bool = False         # torch.compile the training forward on CUDA (ignored on CPU)
+    dedup: bool = True            # forward each distinct (context, sequence) row once: same math, far fewer rows
     threads: int = 1              # CPU intra-op threads for the run (0 = torch's default); small models run fastest on 1
     log_interval: int = 100       # a log line (and an exact evaluation) every this many steps; 0 = none
     eval_samples: int = 4096      # samples for the final Monte Carlo KL estimators
@@ -378,9 +379,9 @@ def _row_codes(task, ctx, seqs):
     return ctx * task.n_sequences + (seqs * weights).sum(-1)
 
 
-def _unique_rows(task, ctx, seqs):
+def _unique_rows(task, ctx, seqs, dedup=True):
     """(ctx_u, seqs_u, inverse): the distinct rows and, for every input row, its position among them."""
-    codes = _row_codes(task, ctx, seqs)
+    codes = _row_codes(task, ctx, seqs) if dedup else None
     if codes is None:
         return ctx, seqs, torch.arange(ctx.shape[0])
     uniq, inverse = torch.unique(codes, return_inverse=True)
@@ -389,7 +390,7 @@ def _unique_rows(task, ctx, seqs):
     return ctx[rep], seqs[rep], inverse
 
 
-def _step_loss(model_fwd, ref, task, cfg, d, pairs, kl_batch, autocast):
+def _step_loss(model_fwd, ref, task, cfg, d, pairs, kl_batch, autocast, dedup=True):
     """This rank's share of L(θ) (summing over ranks gives the global loss) and the logged statistics."""
     term = LOSS_TERMS[cfg.loss]
     ctx, chosen, rejected, valid = pairs
@@ -398,7 +399,7 @@ def _step_loss(model_fwd, ref, task, cfg, d, pairs, kl_batch, autocast):
     all_ctx, all_seqs = torch.cat([ctx, ctx]), torch.cat([chosen, rejected])
     if kl_weight:
         all_ctx, all_seqs = torch.cat([all_ctx, kl_batch[0]]), torch.cat([all_seqs, kl_batch[1]])
-    u_ctx, u_seqs, inv = _unique_rows(task, all_ctx, all_seqs)
+    u_ctx, u_seqs, inv = _unique_rows(task, all_ctx, all_seqs, dedup)
     u_ctx, u_seqs, inv = u_ctx.to(d.device), u_seqs.to(d.device), inv.to(d.device)
     tokens = model_inputs(u_ctx, u_seqs, task.vocab_size)
     with autocast:
@@ -451,7 +452,10 @@ def train(task_cfg: TaskConfig | None = None, model_cfg: GPTConfig | None = None
     if run.threads and d.device.type == "cpu":
         torch.set_num_threads(run.threads)
     try:
-        return _train(task_cfg, model_cfg, cfg, run, d, log if d.main else (lambda *a, **k: None), t_start)
+        result = _train(task_cfg, model_cfg, cfg, run, d, log if d.main else (lambda *a, **k: None), t_start)
+        if d.world > 1:                        # the ranks leave together, after rank 0's final evaluation
+            dist.barrier()
+        return result
     finally:
         torch.set_num_threads(threads)
         if d.owns_group:
@@ -530,7 +534,7 @@ def _train(task_cfg, model_cfg, cfg, run, d, log, t_start):
         f"{model.n_params()} parameters, loss={cfg.loss} alpha={cfg.alpha:g} beta={cfg.beta:g}, "
         f"device={d.device.type} world={d.world}, exact reference: {exact_kind}")
 
-    history, tokens_seen, t_loop, last_loss = [], 0, time.perf_counter(), float("nan")
+    history, tokens_seen, pairs_seen, t_loop, t_aside = [], 0, 0, time.perf_counter(), 0.0
     stop = cfg.steps if run.stop_after is None else min(cfg.steps, run.stop_after)
     kl_sampler = None
     needs_kl = bool(LOSS_TERMS[cfg.loss].kl_weight(cfg))
@@ -554,7 +558,7 @@ def _train(task_cfg, model_cfg, cfg, run, d, log, t_start):
             kl_batch = (k_ctx, kl_sampler(k_ctx, u[:, 1:]))
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        loss, stats, n_tokens = _step_loss(model_fwd, ref, task, cfg, d, pairs, kl_batch, autocast)
+        loss, stats, n_tokens = _step_loss(model_fwd, ref, task, cfg, d, pairs, kl_batch, autocast, run.dedup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if d.world > 1:                        # Σ over ranks of the shard losses is the global loss: sum gradients
@@ -563,24 +567,30 @@ def _train(task_cfg, model_cfg, cfg, run, d, log, t_start):
                     dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
         opt.step()
         tokens_seen += n_tokens * d.world
+        pairs_seen += cfg.batch_size
         done = step + 1
+        t_before = time.perf_counter()        # logging and checkpoints are timed apart from the steps
         if run.log_interval and (done % run.log_interval == 0 or done == stop):
             # Every rank holds its share of the loss: the global value is their sum (a collective on all ranks).
             shares = d.all_sum(torch.stack([loss.detach(), stats.get("kl_est", torch.zeros((), device=d.device))]))
             if d.main:
                 row = _log_row(model, task, cfg, ref_policy, exact_solution, d, done, shares.tolist(),
-                               tokens_seen, time.perf_counter() - t_loop, start, stop)
+                               tokens_seen, t_before - t_loop - t_aside, start, stop)
                 history.append(row)
                 log(_format_row(row, cfg.steps))
         if run.checkpoint and (done % run.checkpoint_interval == 0 or done == stop):
             _write_checkpoint(run.checkpoint, d, done, model, opt, frozen, pair_gen, kl_gen, configs)
+        t_aside += time.perf_counter() - t_before
 
+    t_loop_end = time.perf_counter()
     if not d.main:
         return None
     model.eval()
     final = _final_metrics(model, ref, frozen, task, cfg, run, ref_policy, exact_solution, d)
+    loop_s = max(t_loop_end - t_loop - t_aside, 1e-9)
     final.update({"step": stop, "steps": cfg.steps, "wall_s": time.perf_counter() - t_start,
-                  "tokens_per_s": tokens_seen / max(time.perf_counter() - t_loop, 1e-9),
+                  "step_s": loop_s / max(stop - start, 1), "tokens_per_s": tokens_seen / loop_s,
+                  "pairs_per_s": pairs_seen / loop_s,
                   "n_params": model.n_params(), "device": d.device.type, "world_size": d.world,
                   "exact_reference": exact_kind, "config": configs})
     policy = enumerate_policy(model, task, device=d.device) if task.enumerable else None
