@@ -14,12 +14,13 @@ from spo_tabular.transformer import (GPTConfig, StructuredRewards, TaskConfig, b
                                      sequence_index, structured_task, task_from_problem, tokenwise_expectation)
 from spo_tabular.transformer.exact import (enumerate_logq, kl_estimates, model_inputs, sequence_logp,
                                            token_logprobs)
-from spo_tabular.transformer.train import (KL_GRADS, CheckpointError, RunConfig, TrainConfig, _Dist,
-                                           _SequenceSampler, _step_loss, draw_pairs, load_checkpoint,
-                                           save_checkpoint)
+from spo_tabular.transformer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from spo_tabular.transformer.data import SequenceSampler, draw_pairs
+from spo_tabular.transformer.distributed import Dist
+from spo_tabular.transformer.train import KL_GRADS, RunConfig, TrainConfig, step_loss
 
 SMALL = GPTConfig(vocab_size=4, n_contexts=2, seq_len=3, n_layer=2, n_head=2, n_embd=32)
-ONE_PROCESS = _Dist(rank=0, world=1, device=torch.device("cpu"), owns_group=False)
+ONE_PROCESS = Dist()
 
 
 def spread(model, scale):
@@ -200,7 +201,7 @@ def test_chain_gradient_is_exact_and_tokenwise_gradient_is_biased(pair_of_models
 
 @pytest.mark.parametrize("mode", ["chain", "tokenwise"])
 def test_training_kl_terms_in_expectation(pair_of_models, task2, mode):
-    """Σ_y π(y) · (the training code's per-sample KL term): its gradient is ∇KL for 'chain' and not for 'tokenwise'."""
+    """Σ_y π(y) · (the trainer's per-sample KL term): its gradient is ∇KL for 'chain', not for 'tokenwise'."""
     model, ref = pair_of_models
     seqs = torch.as_tensor(enumerate_sequences(4, 3)).repeat(2, 1)
     ctx = torch.arange(2).repeat_interleave(64)
@@ -228,7 +229,7 @@ def test_autoregressive_and_table_samplers_draw_the_model_distribution(pair_of_m
     n = 20000
     ctx, seqs = _fresh_samples(model, n, seed=1)
     gen = torch.Generator().manual_seed(2)
-    table_seqs = _SequenceSampler(model, task2, "cpu")(ctx, torch.rand(n, 3, generator=gen, dtype=torch.float64))
+    table_seqs = SequenceSampler(model, task2, "cpu")(ctx, torch.rand(n, 3, generator=gen, dtype=torch.float64))
     for drawn in (seqs, table_seqs):
         for x in range(2):
             emp = np.bincount(sequence_index(drawn[ctx == x].numpy(), 4), minlength=64) / (n / 2)
@@ -243,7 +244,7 @@ def test_drawn_pairs_have_the_tabular_pair_mass(sampler):
     ref_model = spread(make_model(GPTConfig(vocab_size=2, n_contexts=2, seq_len=2, n_layer=1, n_head=1,
                                             n_embd=16), seed=0), 3.0)
     ref_policy = enumerate_policy(ref_model, task)
-    ctx, chosen, rejected, valid = draw_pairs(task, sampler, _SequenceSampler(ref_model, task, "cpu"),
+    ctx, chosen, rejected, valid = draw_pairs(task, sampler, SequenceSampler(ref_model, task, "cpu"),
                                               torch.Generator().manual_seed(0), 200_000)
     data = PairData(ctx[valid].numpy(), sequence_index(chosen[valid].numpy(), 2),
                     sequence_index(rejected[valid].numpy(), 2), 2, 4)
@@ -258,7 +259,7 @@ def test_ranks_share_the_global_batch():
     task = build_task(TaskConfig(vocab_size=3, seq_len=2, n_contexts=3))
     whole = draw_pairs(task, "uniform", None, torch.Generator().manual_seed(5), 10)
     parts = [draw_pairs(task, "uniform", None, torch.Generator().manual_seed(5), 10,
-                        _Dist(rank=r, world=2, device=torch.device("cpu"), owns_group=False)) for r in (0, 1)]
+                        Dist(rank=r, world=2)) for r in (0, 1)]
     for k in range(4):
         merged = torch.empty_like(whole[k])
         merged[0::2], merged[1::2] = parts[0][k], parts[1][k]
@@ -271,14 +272,14 @@ def test_preference_term_is_the_tabular_objective_on_the_same_pairs(pair_of_mode
     alpha = 0.7
     cfg = TrainConfig(alpha=alpha, beta=0.0)
     pairs = draw_pairs(task2, "uniform", None, torch.Generator().manual_seed(1), 3000)
-    loss, _, _ = _step_loss(model, ref, task2, cfg, ONE_PROCESS, pairs, None, torch.no_grad())
+    loss, _, _ = step_loss(model, ref, task2, cfg, ONE_PROCESS, pairs, None)
     ctx, chosen, rejected, valid = pairs
     data = PairData(ctx[valid].numpy(), sequence_index(chosen[valid].numpy(), 4),
                     sequence_index(rejected[valid].numpy(), 4), 2, 64)
     policy = enumerate_policy(model, task2)
     obj = SPOObjective(data.pair_mass(), alpha=alpha, beta=0.0, log_ref=np.log(policy),
                        context_probs=task2.context_probs)
-    assert abs(float(loss) - obj.value(torch.as_tensor(np.log(policy)))) < 1e-5
+    assert abs(float(loss.detach()) - obj.value(torch.as_tensor(np.log(policy)))) < 1e-5
 
 
 # --------------------------------------------------------------------------- configs and checkpoints

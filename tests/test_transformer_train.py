@@ -68,7 +68,8 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path):
     run = dict(log_interval=0, eval_samples=256)
     whole = train(None, SMALL, RESUME_CFG, RunConfig(**run), **QUIET)
     ck = str(tmp_path / "run.pt")
-    first = train(None, SMALL, RESUME_CFG, RunConfig(**run, checkpoint=ck, checkpoint_interval=10, stop_after=25), **QUIET)
+    first = train(None, SMALL, RESUME_CFG, RunConfig(**run, checkpoint=ck, checkpoint_interval=10, stop_after=25),
+                  **QUIET)
     assert first.metrics["step"] == 25
     resumed = train(None, SMALL, RESUME_CFG, RunConfig(**run, checkpoint=ck, checkpoint_interval=10, resume=True),
                     **QUIET)

@@ -22,7 +22,7 @@ def model_inputs(ctx: torch.Tensor, seqs: torch.Tensor, vocab_size: int) -> torc
 
 
 def token_logprobs(model, tokens: torch.Tensor) -> torch.Tensor:
-    """log π(· | x, y_<t) for every position, float32 (N, L, V); the log_softmax runs in float32 even under autocast."""
+    """log π(· | x, y_<t) at every position, float32 (N, L, V): the log_softmax runs in float32 under autocast too."""
     return torch.log_softmax(model(tokens).float(), dim=-1)
 
 
@@ -37,7 +37,7 @@ def prefix_kl(logq: torch.Tensor, logq_ref: torch.Tensor) -> torch.Tensor:
 
 
 def kl_estimates(logq: torch.Tensor, logq_ref: torch.Tensor, seqs: torch.Tensor) -> dict:
-    """Per-sample KL estimators for y ~ π: token-wise Σ_t KL_t, k1 = log π/π_ref, k3 = (r − 1) − log r, r = π_ref/π."""
+    """Per-sample KL estimates, y ~ π: token-wise Σ_t KL_t, k1 = log π/π_ref, k3 = r − 1 − log r (r = π_ref/π)."""
     k1 = sequence_logp(logq, seqs) - sequence_logp(logq_ref, seqs)
     return {"tokenwise": prefix_kl(logq, logq_ref).sum(-1), "k1": k1, "k3": torch.expm1(-k1) + k1}
 
@@ -69,7 +69,10 @@ def sample_sequences(model, ctx: torch.Tensor, uniforms: torch.Tensor, vocab_siz
 
 def prefix_rows(n_contexts: int, vocab_size: int, seq_len: int):
     """ctx (m·V^(L-1),) and every prefix of length L-1 per context, lexicographic, as int64 tensors."""
-    prefixes = torch.as_tensor(enumerate_sequences(vocab_size, seq_len - 1)) if seq_len > 1 else torch.zeros(1, 0, dtype=torch.long)
+    if seq_len > 1:
+        prefixes = torch.as_tensor(enumerate_sequences(vocab_size, seq_len - 1))
+    else:
+        prefixes = torch.zeros(1, 0, dtype=torch.long)       # L = 1: one empty prefix
     k = prefixes.shape[0]
     ctx = torch.arange(n_contexts).repeat_interleave(k)
     return ctx, prefixes.repeat(n_contexts, 1)
@@ -77,7 +80,7 @@ def prefix_rows(n_contexts: int, vocab_size: int, seq_len: int):
 
 def enumerate_logq(model, n_contexts: int, vocab_size: int, seq_len: int, *, device="cpu",
                    chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-prefix next-token log-probs over every prefix row: logq (m, V^(L-1), L, V) float32 and prefixes (V^(L-1), L-1).
+    """Next-token log-probs at every prefix row: logq (m, V^(L-1), L, V) float32, prefixes (V^(L-1), L-1).
 
     Gradients flow when called with grad enabled; chunk bounds the rows per forward pass.
     """
@@ -125,7 +128,7 @@ def tokenwise_expectation(logq, logq_ref, logq_sampler, prefixes) -> torch.Tenso
 
 
 def kl_gradient_bias(model, ref_model, task: SequenceTask, *, device="cpu") -> dict:
-    """Relative error ‖E ĝ − ∇KL‖/‖∇KL‖ of the token-wise KL gradient, fresh samples (frozen copy = π_θ), by enumeration.
+    """Relative error ‖E ĝ − ∇KL‖/‖∇KL‖ of the token-wise KL gradient on fresh samples, by enumeration.
 
     'tokenwise' differentiates Σ_t KL_t only; 'chain' adds the score term Σ_t sg(Σ_{s>t} KL_s) ∇log π(y_t|y_<t),
     which the chain rule for KL(π_θ‖π_ref) = Σ_t E_{y_<t~π_θ} KL_t requires (SPEC §8).
@@ -161,7 +164,7 @@ def kl_gradient_bias(model, ref_model, task: SequenceTask, *, device="cpu") -> d
 
 def exact_metrics(policy: np.ndarray, ref_policy: np.ndarray, task: SequenceTask, *, alpha: float,
                   exact_solution: np.ndarray | None = None) -> dict:
-    """TV to softmax(r/α) (and to the exact minimiser when given), KL to π_ref, entropy, win rate, E[r]: a flat dict."""
+    """TV to softmax(r/α) (and to the exact minimiser if given), KL to π_ref, entropy, win rate, E[r]: a dict."""
     problem = task.problem(ref_policy)
     rho = problem.context_probs
     tv_target = metrics.tv(policy, problem.target(alpha))

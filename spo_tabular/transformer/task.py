@@ -50,7 +50,8 @@ class StructuredRewards:
         u = v.float_array("unary", self.unary, ndim=3)
         m, L, V = u.shape
         if m < 1 or L < 1 or V < 2:
-            raise ValueError(f"unary must have shape (n_contexts ≥ 1, seq_len ≥ 1, vocab_size ≥ 2), got {u.shape}")
+            raise ValueError(f"unary must have shape (n_contexts ≥ 1, seq_len ≥ 1, vocab_size ≥ 2), "
+                             f"got {u.shape}")
         w = v.float_array("pairwise", self.pairwise, shape=(m, L, L, V, V))
         w[:, ~np.triu(np.ones((L, L), dtype=bool), k=1)] = 0.0     # only s < t interacts
         for name, arr in (("unary", u), ("pairwise", w)):
@@ -138,7 +139,7 @@ class SequenceTask:
                          for x in range(self.n_contexts)])
 
     def problem(self, ref_policy=None) -> TabularProblem:
-        """The tabulated problem (rewards (m, V^L), π_ref, ρ); ref_policy overrides the task's (e.g. the enumerated model)."""
+        """The tabulated problem (rewards (m, V^L), π_ref, ρ); a given ref_policy (e.g. enumerated) replaces π_ref."""
         if not self.enumerable:
             raise ValueError(f"the task has V^L = {self.n_sequences} sequences, more than ENUM_LIMIT = {ENUM_LIMIT}; "
                              "it cannot be tabulated")
@@ -178,7 +179,7 @@ class TaskConfig:
     n_contexts: int = 1          # m, prompts
     reward_scale: float = 1.0    # per-position reward terms ~ reward_scale·N(0, 1)
     pair_scale: float = 0.5      # pairwise interactions ~ pair_scale·N(0, 1)
-    ref: str = "uniform"         # tabular π_ref the reference model is fitted to: uniform | dirichlet (enumerable only)
+    ref: str = "uniform"         # tabular π_ref the reference model is fitted to: uniform | dirichlet (enumerable)
     problem_seed: int = 0        # seed of the rewards (and of a Dirichlet π_ref)
 
     def __post_init__(self):
