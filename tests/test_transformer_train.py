@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from spo_tabular import TabularProblem, solve_exact
+from spo_tabular import TabularProblem, make_problem, solve_exact
 from spo_tabular.cli import main
-from spo_tabular.transformer import GPTConfig, TaskConfig, build_task
-from spo_tabular.transformer.train import RunConfig, TrainConfig, train
+from spo_tabular.transformer import GPTConfig, TaskConfig, build_task, task_from_problem
+from spo_tabular.transformer.train import RunConfig, TrainConfig, task_fingerprint, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = GPTConfig(n_layer=2, n_head=2, n_embd=32)                # 26k parameters: quick secondary runs
@@ -131,6 +131,23 @@ def test_confidence_weights_keep_theorem_1():
     result = train(None, SMALL, TrainConfig(weights="confidence", gamma=1.0, steps=800), RunConfig(log_interval=0),
                    **QUIET)
     assert result.metrics["tv_target"] <= 0.05
+
+
+def test_a_tabular_problem_trains_as_a_sequence_task(tmp_path):
+    """make_problem's 8 actions as the 2^3 sequences, Dirichlet π_ref: the fit is frozen and β > 0 lands on solve_exact."""
+    problem = make_problem(1, 8, seed=0, ref="dirichlet")
+    task = task_from_problem(problem, 2, 3)
+    ck = str(tmp_path / "task.pt")
+    result = train(None, SMALL, TrainConfig(beta=0.5, steps=400), RunConfig(log_interval=0, checkpoint=ck), task=task,
+                   **QUIET)
+    exact = solve_exact(TabularProblem(problem.rewards, result.ref_policy), alpha=1.0, beta=0.5, sampler="ref")
+    assert tv(result.policy, exact.policy) <= 0.05
+    assert result.metrics["ref_fit_tv"] < 0.1                  # the short supervised fit follows the Dirichlet π_ref
+    other = task_from_problem(make_problem(1, 8, seed=1, ref="dirichlet"), 2, 3)
+    assert task_fingerprint(other) != task_fingerprint(task)
+    with pytest.raises(ValueError, match="another configuration.*task.sha256"):
+        train(None, SMALL, TrainConfig(beta=0.5, steps=400), RunConfig(log_interval=0, checkpoint=ck, resume=True),
+              task=other, **QUIET)
 
 
 def test_non_enumerable_task_trains_on_sampled_sequences():

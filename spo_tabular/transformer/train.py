@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import math
 import random
 import time
@@ -281,27 +282,48 @@ def step_loss(model_fwd, ref, task, cfg: TrainConfig, d: Dist, pairs, online, au
 
 # --------------------------------------------------------------------------- training
 
-def _resolve_configs(task_cfg, model_cfg, cfg):
-    task_cfg = task_cfg or TaskConfig()
-    base = model_cfg or GPTConfig()
-    # The model's vocabulary, prompts and length follow the task.
-    model_cfg = GPTConfig(**{**asdict(base), "vocab_size": task_cfg.vocab_size,
-                             "n_contexts": task_cfg.n_contexts, "seq_len": task_cfg.seq_len})
-    return task_cfg, model_cfg, cfg or TrainConfig()
+def task_fingerprint(task: SequenceTask) -> dict:
+    """What identifies a task given as an object (checkpoints compare it): sizes and a hash of r, ρ, π_ref."""
+    h = hashlib.sha256()
+    if task.enumerable:
+        h.update(task.reward_table().tobytes())
+    else:                                      # rewards of 4096 fixed random sequences per context
+        seqs = np.random.default_rng(0).integers(0, task.vocab_size, size=(4096, task.seq_len))
+        for x in range(task.n_contexts):
+            h.update(np.asarray(task.rewards(np.full(4096, x), seqs), dtype=np.float64).tobytes())
+    h.update(task.context_probs.tobytes())
+    if task.ref_policy is not None:
+        h.update(task.ref_policy.tobytes())
+    return {"vocab_size": task.vocab_size, "seq_len": task.seq_len, "n_contexts": task.n_contexts,
+            "sha256": h.hexdigest()}
 
 
 def train(task_cfg: TaskConfig | None = None, model_cfg: GPTConfig | None = None,
-          cfg: TrainConfig | None = None, run: RunConfig | None = None, *, log=print) -> TrainResult | None:
-    """Train π_θ on the sequence task; the final exact metrics on rank 0 (None on other ranks)."""
+          cfg: TrainConfig | None = None, run: RunConfig | None = None, *, task: SequenceTask | None = None,
+          log=print) -> TrainResult | None:
+    """Train π_θ on the task of task_cfg (or the given SequenceTask); final metrics on rank 0, None on the others."""
     t_start = time.perf_counter()
-    task_cfg, model_cfg, cfg = _resolve_configs(task_cfg, model_cfg, cfg)
+    if task is not None and task_cfg is not None:
+        raise ValueError("give either task_cfg or task, not both")
+    if task is None:
+        task = build_task(task_cfg or TaskConfig())
+        task_id = asdict(task_cfg or TaskConfig())
+    elif isinstance(task, SequenceTask):
+        task_id = task_fingerprint(task)
+    else:
+        raise TypeError(f"task must be a SequenceTask, got {type(task).__name__}")
+    # The model's vocabulary, prompts and length follow the task.
+    model_cfg = GPTConfig(**{**asdict(model_cfg or GPTConfig()), "vocab_size": task.vocab_size,
+                             "n_contexts": task.n_contexts, "seq_len": task.seq_len})
+    cfg = cfg or TrainConfig()
     run = run or RunConfig()
     d = setup_distributed(run.device)
     threads = torch.get_num_threads()
     if run.threads and d.device.type == "cpu":
         torch.set_num_threads(run.threads)
     try:
-        result = _train(task_cfg, model_cfg, cfg, run, d, log if d.main else (lambda *a, **k: None), t_start)
+        configs = {"task": task_id, "model": asdict(model_cfg), "train": asdict(cfg)}
+        result = _train(task, configs, model_cfg, cfg, run, d, log if d.main else (lambda *a, **k: None), t_start)
         d.barrier()                            # the ranks leave together, after rank 0's final evaluation
         return result
     finally:
@@ -310,8 +332,7 @@ def train(task_cfg: TaskConfig | None = None, model_cfg: GPTConfig | None = None
             dist.destroy_process_group()
 
 
-def _train(task_cfg, model_cfg, cfg, run, d, log, t_start):
-    task = build_task(task_cfg)
+def _train(task, configs, model_cfg, cfg, run, d, log, t_start):
     if cfg.ref_init == "fit" and task.ref_policy is None:
         raise ValueError("ref_init='fit' needs an enumerable task with a tabular ref_policy; use ref_init='init'")
     if cfg.n_pairs and not task.enumerable:
@@ -337,7 +358,6 @@ def _train(task_cfg, model_cfg, cfg, run, d, log, t_start):
         target, target_kind = exact_solution(task, cfg, ref_policy, data.pair_data())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
                             fused=True)
-    configs = {"task": asdict(task_cfg), "model": asdict(model_cfg), "train": asdict(cfg)}
     start = _restore(run.checkpoint, configs, d, model, opt, frozen, data.gen, online_gen) if run.resume else 0
     if start:
         log(f"resumed from {run.checkpoint} at step {start}")
