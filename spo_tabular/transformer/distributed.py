@@ -6,6 +6,7 @@ are summed, so K processes follow the one-process math up to float summation ord
 """
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -50,9 +51,23 @@ class Dist:
             for p in model.parameters():
                 dist.broadcast(p.data, src=0)
 
-    def barrier(self):
+    def finish(self):
+        """Wait until every rank is done, through the rendezvous store rather than a collective.
+
+        A gloo worker thread may release the last collective's work object (holding Python tensors) only
+        after the main thread has begun interpreter shutdown, which aborts the process (seen in ~1 run in
+        8 on a loaded 2-core machine). Waiting on the store leaves seconds between the last collective and
+        the exit of every rank.
+        """
         if self.world > 1:
-            dist.barrier()
+            store = dist.distributed_c10d._get_default_store()
+            key = f"spo_tabular/finish/{next(_FINISH_CALLS)}"        # same sequence of calls on every rank
+            if store.add(key, 1) == self.world:
+                store.set(key + "/all", "1")
+            store.wait([key + "/all"])
+
+
+_FINISH_CALLS = itertools.count()
 
 
 def setup_distributed(device: str) -> Dist:

@@ -324,7 +324,7 @@ def train(task_cfg: TaskConfig | None = None, model_cfg: GPTConfig | None = None
     try:
         configs = {"task": task_id, "model": asdict(model_cfg), "train": asdict(cfg)}
         result = _train(task, configs, model_cfg, cfg, run, d, log if d.main else (lambda *a, **k: None), t_start)
-        d.barrier()                            # the ranks leave together, after rank 0's final evaluation
+        d.finish()                             # the ranks leave together, after rank 0's final evaluation
         return result
     finally:
         torch.set_num_threads(threads)
@@ -429,7 +429,6 @@ def _save(path, d, done, model, opt, frozen, pair_gen, online_gen, configs):
                                "optimizer": opt.state_dict(), "frozen": frozen.state_dict(),
                                "pair_gen": pair_gen.get_state(), "online_gen": online_gen.get_state(),
                                "rng": rngs, "configs": configs, "world_size": d.world})
-    d.barrier()
 
 
 def _restore(path, configs, d, model, opt, frozen, pair_gen, online_gen) -> int:
