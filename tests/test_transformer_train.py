@@ -134,7 +134,7 @@ def test_confidence_weights_keep_theorem_1():
 
 
 def test_a_tabular_problem_trains_as_a_sequence_task(tmp_path):
-    """make_problem's 8 actions as the 2^3 sequences, Dirichlet π_ref: the fit is frozen and β > 0 lands on solve_exact."""
+    """make_problem's 8 actions as the 2^3 sequences, Dirichlet π_ref: β > 0 lands on solve_exact."""
     problem = make_problem(1, 8, seed=0, ref="dirichlet")
     task = task_from_problem(problem, 2, 3)
     ck = str(tmp_path / "task.pt")
@@ -191,6 +191,18 @@ def test_short_cli_run_prints_metrics_and_fails_a_strict_tolerance(capsys):
                               "--eval-samples", "64", "--tol", "1e-9"], capsys)
     assert code == 1                                              # 5 steps cannot meet TV ≤ 1e-9
     assert "step      5/5" in out and "tv_target" in out and "kl_tokenwise_bias" in out
+
+
+@pytest.mark.slow
+def test_benchmark_quick_runs(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_transformer.py"), "--quick",
+                           "--device", "cpu", "--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert rows["training"][0]["ratio"] > 1                        # deduplication pays on 64 sequences
+    assert all(r["max |Δ log p|"] < 1e-4 for r in rows["enumeration"])   # prefix pass = scoring every sequence
 
 
 # --------------------------------------------------------------------------- CUDA (skipped without a GPU)
