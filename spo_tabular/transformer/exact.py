@@ -60,7 +60,8 @@ def sample_sequences(model, ctx: torch.Tensor, uniforms: torch.Tensor, vocab_siz
             logits = model(model_inputs(ctx, seqs[:, : t + 1], vocab_size))[:, t]
             cdf = torch.softmax(logits.float(), dim=-1).cumsum(-1)
             # right=True: token k is drawn with probability cdf_k − cdf_{k−1} exactly.
-            draw = torch.searchsorted(cdf, (uniforms[:, t].to(cdf.dtype) * cdf[:, -1])[:, None].contiguous(), right=True)
+            u = (uniforms[:, t].to(cdf.dtype) * cdf[:, -1])[:, None].contiguous()
+            draw = torch.searchsorted(cdf, u, right=True)
             seqs[:, t] = draw[:, 0].clamp_(max=vocab_size - 1)
     return seqs
 
