@@ -14,6 +14,7 @@ from .experiments import cli as experiment_cli
 from .loss_checks import configure_check, run_check, zoo_claims
 from .problems import make_problem
 from .report import format_record, format_table
+from .transformer import cli as transformer_cli
 
 
 class UsageError(Exception):
@@ -93,6 +94,8 @@ COMMANDS = {
                    experiment_cli.configure, experiment_cli.run),
     "reproduce": ("verify every claim checked so far and print one table", _configure_reproduce, _run_reproduce),
     "theorem1": ("check Theorem 1 on a random problem", _configure_theorem1, _run_theorem1),
+    "transformer": ("train a small causal transformer with SPO/DPO and check it exactly by enumeration",
+                    transformer_cli.configure, transformer_cli.run),
 }
 
 
