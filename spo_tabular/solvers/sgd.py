@@ -10,8 +10,9 @@ table (SPEC §5: global, over every action). Two modes, and they are different a
   distinct triple with weight count/N. The gradient is exact: this is deterministic gradient
   descent (Adam steps with a decaying learning rate), not stochastic. It is the fast way to the
   empirical minimiser: a step costs O(distinct triples) ≤ O(min(N, m·n²)).
-- `batch_size=B`: true minibatch SGD, B pairs drawn uniformly with replacement from the N pairs
-  each step (an unbiased estimate of the same objective's gradient).
+- `batch_size=B`: true minibatch SGD on B pairs per step, an unbiased estimate of the same
+  objective's gradient: consecutive slices of a fresh random permutation of the N pairs each
+  epoch (`shuffle=True`, lower variance), or B pairs drawn uniformly with replacement.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from ..problems import TabularProblem
 from .exact import ConvergenceWarning, NoFiniteMinimizerWarning, SolveResult
 
 HISTORY_COLUMNS = ("step", "loss", "tv_to_target", "entropy", "kl_to_ref")
+DENSE_FILL = 0.5     # full batch goes dense when distinct triples fill this share of the m·n·n table
 
 
 @dataclass(frozen=True)
@@ -119,13 +121,14 @@ def _seed_int(seed) -> int:
 def solve_sgd(problem: TabularProblem, data: PairData, *, loss: str = "spo", alpha: float = 1.0,
               beta: float = 0.0, tau: float = 1.0, lam: float = 1.0, weights=None,
               optimizer: str = "adam", lr: float = 0.2, schedule: str = "cosine",
-              final_lr: float = 1e-3, batch_size: int | None = None, steps: int = 1000, seed=0,
+              final_lr: float = 1e-3, batch_size: int | None = None, shuffle: bool = True,
+              steps: int = 1000, seed=0,
               init=None, target=None, tol: float = 1e-6, log_every: int | None = None, callback=None,
               quiet: bool = False, device=None, dtype=torch.float64, num_threads: int | None = None) -> SolveResult:
     """argmin_z (1/N) Σ_k μ_k ℓ(logp_chosen, logp_rejected) + β Σ_x ρ_x KL(π_z‖π_ref) by Adam; logits (m, n).
 
-    Full batch on the aggregated counts when batch_size is None, minibatch SGD otherwise (module
-    docstring). lr decays from `lr` to `lr·final_lr` by `schedule`. `target` (m, n) defaults to
+    Full batch on the aggregated counts when batch_size is None, minibatch SGD otherwise, by epochs
+    of a random permutation (shuffle=True) or with replacement (module docstring). lr decays from `lr` to `lr·final_lr` by `schedule`. `target` (m, n) defaults to
     softmax(r/α). `callback(step, logits)` is called at every logged step; returning True stops.
     The result's `history` DataFrame holds HISTORY_COLUMNS at every `log_every` steps, measured
     exactly on the full data. Converged means max_x,i |∂L/∂z_xi| / mass_x ≤ tol (mass_x: the
@@ -174,10 +177,23 @@ def solve_sgd(problem: TabularProblem, data: PairData, *, loss: str = "spo", alp
     def kl_per_context(logp):                                # (m,) KL(π_z ‖ π_ref)
         return (logp.exp() * (logp - log_ref)).sum(dim=-1)
 
+    # When most (ctx, i, j) cells hold data, a dense (m, n, n) pass of the same loss (broadcasting
+    # logp_chosen (m, n, 1) against logp_rejected (m, 1, n), weight 0 on empty cells) beats the
+    # gather/scatter of index_select: measured about 2× faster at (64, 64) with 10^6 pairs.
+    dense = idx_c.numel() >= DENSE_FILL * m * n * n
+    if dense:
+        mass_dense = torch.zeros(m * n * n, dtype=dtype, device=device)
+        mass_dense[idx_c * n + idx_r % n] = mass                      # (x·n + i)·n + j
+        mass_dense = mass_dense.reshape(m, n, n)
+        ref_i, ref_j = log_ref[:, :, None], log_ref[:, None, :]
+
     def full_objective(z):
         logp = torch.log_softmax(z, dim=-1)
-        flat = logp.reshape(-1)
-        value = per_pair(flat.index_select(0, idx_c), flat.index_select(0, idx_r), ref_c, ref_r, mass).sum()
+        if dense:
+            value = per_pair(logp[:, :, None], logp[:, None, :], ref_i, ref_j, mass_dense).sum()
+        else:
+            flat = logp.reshape(-1)
+            value = per_pair(flat.index_select(0, idx_c), flat.index_select(0, idx_r), ref_c, ref_r, mass).sum()
         if kl_weight:
             value = value + kl_weight * (rho * kl_per_context(logp)).sum()
         return value
@@ -190,9 +206,19 @@ def solve_sgd(problem: TabularProblem, data: PairData, *, loss: str = "spo", alp
         pair_r = as_t(data.ctx * n + data.rejected, torch.int64)
         pair_mu = None if weights is None else as_t(v.float_array("weights", weights, shape=(N,)))
         generator = torch.Generator(device=device).manual_seed(_seed_int(seed))
+        epoch = {"perm": None, "pos": N}
+
+        def next_batch():
+            if not shuffle:
+                return torch.randint(N, (batch_size,), generator=generator, device=device)
+            if epoch["pos"] >= N:                  # a new epoch: a fresh permutation of the pairs
+                epoch["perm"], epoch["pos"] = torch.randperm(N, generator=generator, device=device), 0
+            k = epoch["perm"][epoch["pos"]:epoch["pos"] + batch_size]
+            epoch["pos"] += batch_size
+            return k
 
         def step_objective(z):
-            k = torch.randint(N, (batch_size,), generator=generator, device=device)
+            k = next_batch()
             c, r = pair_c.index_select(0, k), pair_r.index_select(0, k)
             logp = torch.log_softmax(z, dim=-1)
             flat = logp.reshape(-1)
