@@ -88,6 +88,7 @@ class Task:
 
     @property
     def key(self) -> str:
+        """"<config_hash>:<seed_index>", the task's identity in the journal."""
         return f"{self.config_hash}:{self.seed_index}"
 
 
@@ -116,6 +117,7 @@ class Journal:
     """Append-only JSON-lines file of finished tasks: {"key": ..., "rows": [...]} per line."""
 
     def __init__(self, path):
+        """Open nothing yet; `with Journal(path):` takes the file and its lock."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = None
