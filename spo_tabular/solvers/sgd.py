@@ -206,7 +206,7 @@ def solve_sgd(problem: TabularProblem, data: PairData, *, loss: str = "spo", alp
               batch_size: int | None = None, shuffle: bool = True, steps: int = 1000, seed=0,
               init=None, target=None, tol: float = 1e-6, log_every: int | None = None, callback=None,
               quiet: bool = False, device=None, dtype=torch.float64,
-              num_threads: int | None = None) -> SolveResult:
+              num_threads: int | None = None, kl_weight: float | None = None) -> SolveResult:
     """argmin_z (1/N) Σ_k μ_k ℓ(logp_chosen, logp_rejected) + β Σ_x ρ_x KL(π_z‖π_ref) by Adam; logits (m, n).
 
     Full batch on the aggregated counts when batch_size is None; minibatch SGD otherwise, by epochs
@@ -215,7 +215,9 @@ def solve_sgd(problem: TabularProblem, data: PairData, *, loss: str = "spo", alp
     `callback(step, logits)` runs at every logged step; returning True stops. `history` holds
     HISTORY_COLUMNS every `log_every` steps, measured exactly on the full data. Converged means
     max_x,i |∂L/∂z_xi| / mass_x ≤ tol (mass_x: the context's data mass plus βρ_x).
-    num_threads=None runs small tables single-threaded (_threads.py).
+    num_threads=None runs small tables single-threaded (_threads.py). `kl_weight` overrides the
+    explicit global KL weight (default: β for spo, 0 for the losses whose β is their own), e.g. to
+    add the exact KL term to DPO.
     """
     if not isinstance(problem, TabularProblem):
         raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
@@ -225,7 +227,8 @@ def solve_sgd(problem: TabularProblem, data: PairData, *, loss: str = "spo", alp
     if (data.n_contexts, data.n_actions) != (m, n):
         raise ValueError(f"data has (n_contexts, n_actions) = {(data.n_contexts, data.n_actions)}, "
                          f"problem has {(m, n)}")
-    per_pair, kl_weight = make_pair_loss(loss, alpha=alpha, beta=beta, tau=tau, lam=lam)
+    per_pair, default_kl = make_pair_loss(loss, alpha=alpha, beta=beta, tau=tau, lam=lam)
+    kl_weight = default_kl if kl_weight is None else v.nonnegative_float("kl_weight", kl_weight)
     alpha = v.positive_float("alpha", alpha)         # also names the default target softmax(r/α)
     v.choice("optimizer", optimizer, OPTIMIZERS)
     v.choice("schedule", schedule, SCHEDULES)
