@@ -114,6 +114,26 @@ def test_ipo_minimiser_solves_the_least_squares_system():
     assert tv(res.policy, expected[None]).max() < 1e-8
 
 
+def test_kl_weight_adds_the_exact_global_kl_to_any_loss(small):
+    """DPO + 0.5 Σ ρ KL: at the answer the gradient of that total objective (autograd here) vanishes."""
+    problem, data = small
+    res = solve_sgd(problem, data, loss="dpo", beta=1.0, kl_weight=0.5, quiet=True)
+    assert res.converged
+    z = torch.tensor(res.logits, requires_grad=True)
+    logp = torch.log_softmax(z, dim=-1)
+    ref = torch.as_tensor(problem.log_ref)
+    ctx, c, r = (torch.as_tensor(np.array(a)) for a in (data.ctx, data.chosen, data.rejected))
+    h = (logp[ctx, c] - ref[ctx, c]) - (logp[ctx, r] - ref[ctx, r])
+    kl = (logp.exp() * (logp - ref)).sum(dim=1)
+    total = -torch.nn.functional.logsigmoid(h).mean() + 0.5 * (torch.tensor(problem.context_probs) * kl).sum()
+    total.backward()
+    assert float(z.grad.abs().max()) < 1e-9
+    plain = solve_sgd(problem, data, loss="dpo", beta=1.0, quiet=True)
+    assert tv(res.policy, plain.policy).max() > 1e-3            # the KL term moved the answer
+    same = solve_sgd(problem, data, alpha=0.7, kl_weight=0.1, quiet=True)
+    np.testing.assert_array_equal(same.logits, solve_sgd(problem, data, alpha=0.7, beta=0.1, quiet=True).logits)
+
+
 @pytest.mark.parametrize("loss, kw", [("hinge", dict(beta=1.0)), ("cpo", dict(beta=1.0, lam=0.1))])
 def test_other_pairwise_losses_decrease_their_objective(small, loss, kw):
     problem, data = small
@@ -208,6 +228,8 @@ def test_make_pair_loss_routes_beta():
     (dict(init=np.zeros((2, 2))), ValueError, "init"),
     (dict(target=np.zeros(4)), ValueError, "target"),
     (dict(callback=3), TypeError, "callback"),
+    (dict(kl_weight=-0.1), ValueError, "kl_weight"),
+    (dict(num_threads=0), ValueError, "num_threads"),
     (dict(dtype=torch.int64), ValueError, "dtype"),
 ])
 def test_bad_inputs_name_the_argument(small, kwargs, exc, match):

@@ -26,23 +26,25 @@ class RegularizationSettings:
     n_actions: int = 6
     alpha: float = 1.0
     ref: str = "dirichlet"                 # π_ref ≠ uniform: the path's two ends differ
-    betas: tuple = tuple(float(b) for b in np.logspace(-3, 3, 25))
+    log10_beta_min: float = -3.0           # β grid: n_betas values log-spaced over [10^min, 10^max]
+    log10_beta_max: float = 3.0
+    n_betas: int = 25
     n_seeds: int = 5                       # problem seeds
 
 
 FULL = RegularizationSettings()
-QUICK = RegularizationSettings(n_contexts=3, n_actions=4, betas=(1e-3, 1e-1, 1.0, 10.0, 1e3), n_seeds=2)
+QUICK = RegularizationSettings(n_contexts=3, n_actions=4, n_betas=7, n_seeds=2)
 
 
 def configs(settings: RegularizationSettings) -> list[dict]:
     """A single configuration: the β grid is solved inside each task, one row per β."""
-    return [{k: (list(x) if isinstance(x, tuple) else x) for k, x in asdict(settings).items() if k != "n_seeds"}]
+    return [{k: x for k, x in asdict(settings).items() if k != "n_seeds"}]
 
 
 def task(config: dict, seed: int) -> list[dict]:
     """The whole β path on the problem of this seed: one row per β."""
     problem = make_problem(config["n_contexts"], config["n_actions"], seed=seed, ref=config["ref"])
-    betas = config.pop("betas")
+    betas = [float(b) for b in np.logspace(config["log10_beta_min"], config["log10_beta_max"], config["n_betas"])]
     alpha = config["alpha"]
     path = quietly(solve_exact_batched, problem, alpha=alpha, beta=betas)
     target = problem.target(alpha)

@@ -88,12 +88,12 @@ class Task:
 
     @property
     def key(self) -> str:
+        """"<config_hash>:<seed_index>", the task's identity in the journal."""
         return f"{self.config_hash}:{self.seed_index}"
 
 
 def _run_task(fn, task: Task, experiment: str, version: str, threads: int | None) -> tuple[str, list[dict]]:
     """Run fn(config, seed) and attach the provenance columns to each of its rows (executes on a worker)."""
-    os.environ.setdefault(QUIET_ENV, "1")          # no progress bars from inside workers
     start = time.perf_counter()
     with torch_threads(threads):
         out = fn(dict(task.config), task.seed)
@@ -117,6 +117,7 @@ class Journal:
     """Append-only JSON-lines file of finished tasks: {"key": ..., "rows": [...]} per line."""
 
     def __init__(self, path):
+        """Open nothing yet; `with Journal(path):` takes the file and its lock."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = None
@@ -189,7 +190,8 @@ def run_sweep(fn, configs, *, n_seeds: int = 1, root_seed: int = 0, experiment: 
     Rows come in task order (config, then seed index) whatever order they finished in. `journal`:
     a .jsonl path making the sweep resumable. Runs on `executor` if given, else on a Dask cluster
     at `scheduler` ("tcp://host:port"), else on `jobs` local processes (inline when jobs == 1).
-    `threads`: torch intra-op threads inside each task (None: leave as is). fn must be importable
+    `threads`: torch intra-op threads for inline tasks (None: leave as is; local worker processes
+    use one, other executors are left alone). fn must be importable
     (a module-level function) for processes and Dask.
     """
     if not callable(fn):
@@ -245,7 +247,9 @@ def run_sweep(fn, configs, *, n_seeds: int = 1, root_seed: int = 0, experiment: 
                                                   mp_context=multiprocessing.get_context("spawn"))
                     owned = True
                 try:
-                    futures = [pool.submit(_run_task, fn, t, experiment, version, threads) for t in pending]
+                    # Threads are a process-wide setting: our own pool sets them per worker, and tasks
+                    # on someone else's executor (possibly threads of one process) leave them alone.
+                    futures = [pool.submit(_run_task, fn, t, experiment, version, None) for t in pending]
                     try:
                         for fut in cf.as_completed(futures):
                             finish(*fut.result())

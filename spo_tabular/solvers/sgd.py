@@ -10,8 +10,9 @@ table (SPEC §5: global, over every action). Two modes, and they are different a
   distinct triple with weight count/N. The gradient is exact: this is deterministic gradient
   descent (Adam steps with a decaying learning rate), not stochastic. It is the fast way to the
   empirical minimiser: a step costs O(distinct triples) ≤ O(min(N, m·n²)).
-- `batch_size=B`: true minibatch SGD, B pairs drawn uniformly with replacement from the N pairs
-  each step (an unbiased estimate of the same objective's gradient).
+- `batch_size=B`: true minibatch SGD on B pairs per step, an unbiased estimate of the same
+  objective's gradient: consecutive slices of a fresh random permutation of the N pairs each
+  epoch (`shuffle=True`, lower variance), or B pairs drawn uniformly with replacement.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from ..problems import TabularProblem
 from .exact import ConvergenceWarning, NoFiniteMinimizerWarning, SolveResult
 
 HISTORY_COLUMNS = ("step", "loss", "tv_to_target", "entropy", "kl_to_ref")
+DENSE_FILL = 0.5     # full batch goes dense when distinct triples fill this share of the m·n·n table
 
 
 @dataclass(frozen=True)
@@ -116,20 +118,106 @@ def _seed_int(seed) -> int:
     return int(rng.integers(0, 2**62))
 
 
+class _EmpiricalObjective:
+    """The objective of solve_sgd on a logits table: exact on the full data, or on a minibatch."""
+
+    def __init__(self, problem, data, per_pair, kl_weight, weights, *, dtype, device):
+        m, n = problem.n_contexts, problem.n_actions
+        as_t = lambda a, dt=dtype: torch.as_tensor(np.array(a), dtype=dt, device=device)  # copies: inputs may be read-only
+        self.per_pair, self.kl_weight, self.n_actions = per_pair, kl_weight, n
+        self.agg_c, self.agg_r, self.agg_mass = aggregate_pairs(data, weights)
+        self.log_ref = as_t(problem.log_ref)                              # (m, n)
+        self.rho = as_t(problem.context_probs)                            # (m,)
+        self.idx_c, self.idx_r = as_t(self.agg_c, torch.int64), as_t(self.agg_r, torch.int64)   # (K,)
+        flat_ref = self.log_ref.reshape(-1)
+        self.ref_c, self.ref_r = flat_ref.index_select(0, self.idx_c), flat_ref.index_select(0, self.idx_r)
+        self.mass = as_t(self.agg_mass)                                   # (K,) count · μ / N
+        # When most (ctx, i, j) cells hold data, a dense (m, n, n) pass of the same loss (logp_chosen
+        # (m, n, 1) broadcast against logp_rejected (m, 1, n), weight 0 on empty cells) is faster than
+        # the gather/scatter of index_select.
+        self.dense = self.idx_c.numel() >= DENSE_FILL * m * n * n
+        if self.dense:
+            W = torch.zeros(m * n * n, dtype=dtype, device=device)
+            W[self.idx_c * n + self.idx_r % n] = self.mass                # (x·n + i)·n + j
+            self.mass_dense = W.reshape(m, n, n)
+        # Minibatches index the N pairs themselves.
+        self.pair_c = as_t(data.ctx * n + data.chosen, torch.int64)       # (N,)
+        self.pair_r = as_t(data.ctx * n + data.rejected, torch.int64)
+        self.pair_mu = None if weights is None else as_t(weights)
+
+    def kl(self, logp):
+        """KL(π_z ‖ π_ref) per context, (m,)."""
+        return (logp.exp() * (logp - self.log_ref)).sum(dim=-1)
+
+    def _with_kl(self, value, logp):
+        return value + self.kl_weight * (self.rho * self.kl(logp)).sum() if self.kl_weight else value
+
+    def full(self, z):
+        """The empirical objective L(z) on every pair (a 0-d tensor)."""
+        logp = torch.log_softmax(z, dim=-1)
+        if self.dense:
+            lr = self.log_ref
+            value = self.per_pair(logp[:, :, None], logp[:, None, :], lr[:, :, None], lr[:, None, :],
+                                  self.mass_dense).sum()
+        else:
+            flat = logp.reshape(-1)
+            value = self.per_pair(flat.index_select(0, self.idx_c), flat.index_select(0, self.idx_r),
+                                  self.ref_c, self.ref_r, self.mass).sum()
+        return self._with_kl(value, logp)
+
+    def minibatch(self, z, k):
+        """Unbiased estimate of L(z) from the pairs k (B,): the batch mean of μ ℓ plus the exact KL term."""
+        c, r = self.pair_c.index_select(0, k), self.pair_r.index_select(0, k)
+        logp = torch.log_softmax(z, dim=-1)
+        flat, flat_ref = logp.reshape(-1), self.log_ref.reshape(-1)
+        mu = None if self.pair_mu is None else self.pair_mu.index_select(0, k)
+        value = self.per_pair(flat.index_select(0, c), flat.index_select(0, r),
+                              flat_ref.index_select(0, c), flat_ref.index_select(0, r), mu).mean()
+        return self._with_kl(value, logp)
+
+    def context_mass(self, context_probs):
+        """Data mass plus βρ_x per context, (m,): the scale of context x's gradient."""
+        m = context_probs.shape[0]
+        return np.bincount(self.agg_c // self.n_actions, weights=self.agg_mass, minlength=m) + \
+            self.kl_weight * context_probs
+
+    def unbounded(self, m: int) -> bool:
+        """Some context's beats graph (of this data) is not strongly connected (SPEC §6)."""
+        n = self.n_actions
+        beats = np.zeros(m * n * n, dtype=bool)
+        beats[(self.agg_c * n + self.agg_r % n)[self.agg_mass > 0]] = True   # (x·n + i)·n + j
+        return bool(comparison_graph(beats.reshape(m, n, n)).unbounded.any())
+
+
+def _batches(N: int, batch_size: int, shuffle: bool, generator, device):
+    """Endless minibatch indices: slices of a fresh permutation per epoch, or draws with replacement."""
+    while True:
+        if not shuffle:
+            yield torch.randint(N, (batch_size,), generator=generator, device=device)
+            continue
+        perm = torch.randperm(N, generator=generator, device=device)
+        for start in range(0, N, batch_size):
+            yield perm[start:start + batch_size]
+
+
 def solve_sgd(problem: TabularProblem, data: PairData, *, loss: str = "spo", alpha: float = 1.0,
               beta: float = 0.0, tau: float = 1.0, lam: float = 1.0, weights=None,
-              optimizer: str = "adam", lr: float = 0.2, schedule: str = "cosine",
-              final_lr: float = 1e-3, batch_size: int | None = None, steps: int = 1000, seed=0,
+              optimizer: str = "adam", lr: float = 0.2, schedule: str = "cosine", final_lr: float = 1e-3,
+              batch_size: int | None = None, shuffle: bool = True, steps: int = 1000, seed=0,
               init=None, target=None, tol: float = 1e-6, log_every: int | None = None, callback=None,
-              quiet: bool = False, device=None, dtype=torch.float64, num_threads: int | None = None) -> SolveResult:
+              quiet: bool = False, device=None, dtype=torch.float64,
+              num_threads: int | None = None, kl_weight: float | None = None) -> SolveResult:
     """argmin_z (1/N) Σ_k μ_k ℓ(logp_chosen, logp_rejected) + β Σ_x ρ_x KL(π_z‖π_ref) by Adam; logits (m, n).
 
-    Full batch on the aggregated counts when batch_size is None, minibatch SGD otherwise (module
-    docstring). lr decays from `lr` to `lr·final_lr` by `schedule`. `target` (m, n) defaults to
-    softmax(r/α). `callback(step, logits)` is called at every logged step; returning True stops.
-    The result's `history` DataFrame holds HISTORY_COLUMNS at every `log_every` steps, measured
-    exactly on the full data. Converged means max_x,i |∂L/∂z_xi| / mass_x ≤ tol (mass_x: the
-    context's data mass plus βρ_x). num_threads=None runs small tables single-threaded (_threads.py).
+    Full batch on the aggregated counts when batch_size is None; minibatch SGD otherwise, by epochs
+    of a random permutation (shuffle=True) or with replacement (module docstring). The learning
+    rate decays from `lr` to `lr·final_lr` by `schedule`. `target` (m, n) defaults to softmax(r/α).
+    `callback(step, logits)` runs at every logged step; returning True stops. `history` holds
+    HISTORY_COLUMNS every `log_every` steps, measured exactly on the full data. Converged means
+    max_x,i |∂L/∂z_xi| / mass_x ≤ tol (mass_x: the context's data mass plus βρ_x).
+    num_threads=None runs small tables single-threaded (_threads.py). `kl_weight` overrides the
+    explicit global KL weight (default: β for spo, 0 for the losses whose β is their own), e.g. to
+    add the exact KL term to DPO.
     """
     if not isinstance(problem, TabularProblem):
         raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
@@ -139,7 +227,8 @@ def solve_sgd(problem: TabularProblem, data: PairData, *, loss: str = "spo", alp
     if (data.n_contexts, data.n_actions) != (m, n):
         raise ValueError(f"data has (n_contexts, n_actions) = {(data.n_contexts, data.n_actions)}, "
                          f"problem has {(m, n)}")
-    per_pair, kl_weight = make_pair_loss(loss, alpha=alpha, beta=beta, tau=tau, lam=lam)
+    per_pair, default_kl = make_pair_loss(loss, alpha=alpha, beta=beta, tau=tau, lam=lam)
+    kl_weight = default_kl if kl_weight is None else v.nonnegative_float("kl_weight", kl_weight)
     alpha = v.positive_float("alpha", alpha)         # also names the default target softmax(r/α)
     v.choice("optimizer", optimizer, OPTIMIZERS)
     v.choice("schedule", schedule, SCHEDULES)
@@ -152,80 +241,42 @@ def solve_sgd(problem: TabularProblem, data: PairData, *, loss: str = "spo", alp
     if batch_size is not None:
         batch_size = v.positive_int("batch_size", batch_size)
     log_every = max(1, steps // 100) if log_every is None else v.positive_int("log_every", log_every)
+    if num_threads is not None:
+        num_threads = v.positive_int("num_threads", num_threads)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     target = problem.target(alpha) if target is None else v.float_array("target", target, shape=(m, n))
-    device = torch.device("cpu" if device is None else device)
+    z0 = problem.log_ref if init is None else v.float_array("init", init, shape=(m, n))
+    if weights is not None:
+        weights = v.float_array("weights", weights, shape=(len(data),))
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    as_t = lambda a, dt=dtype: torch.as_tensor(np.array(a), dtype=dt, device=device)   # a copy: inputs may be read-only
+    device = torch.device("cpu" if device is None else device)
 
-    # Exact full-data objective on the distinct triples (used by every full-batch step, the history
-    # and the final gradient), and the per-pair arrays a minibatch step draws from.
-    agg_c, agg_r, agg_mass = aggregate_pairs(data, weights)
-    log_ref = as_t(problem.log_ref)                          # (m, n)
-    log_ref_flat = log_ref.reshape(-1)
-    rho = as_t(problem.context_probs)                        # (m,)
-    idx_c, idx_r = as_t(agg_c, torch.int64), as_t(agg_r, torch.int64)
-    ref_c, ref_r = log_ref_flat.index_select(0, idx_c), log_ref_flat.index_select(0, idx_r)
-    mass = as_t(agg_mass)
-    target_t = as_t(target)
-
-    def kl_per_context(logp):                                # (m,) KL(π_z ‖ π_ref)
-        return (logp.exp() * (logp - log_ref)).sum(dim=-1)
-
-    def full_objective(z):
-        logp = torch.log_softmax(z, dim=-1)
-        flat = logp.reshape(-1)
-        value = per_pair(flat.index_select(0, idx_c), flat.index_select(0, idx_r), ref_c, ref_r, mass).sum()
-        if kl_weight:
-            value = value + kl_weight * (rho * kl_per_context(logp)).sum()
-        return value
-
+    obj = _EmpiricalObjective(problem, data, per_pair, kl_weight, weights, dtype=dtype, device=device)
     if batch_size is None:
-        step_objective = full_objective
+        step_objective = obj.full
     else:
-        N = len(data)
-        pair_c = as_t(data.ctx * n + data.chosen, torch.int64)
-        pair_r = as_t(data.ctx * n + data.rejected, torch.int64)
-        pair_mu = None if weights is None else as_t(v.float_array("weights", weights, shape=(N,)))
         generator = torch.Generator(device=device).manual_seed(_seed_int(seed))
-
-        def step_objective(z):
-            k = torch.randint(N, (batch_size,), generator=generator, device=device)
-            c, r = pair_c.index_select(0, k), pair_r.index_select(0, k)
-            logp = torch.log_softmax(z, dim=-1)
-            flat = logp.reshape(-1)
-            mu = None if pair_mu is None else pair_mu.index_select(0, k)
-            value = per_pair(flat.index_select(0, c), flat.index_select(0, r),
-                             log_ref_flat.index_select(0, c), log_ref_flat.index_select(0, r), mu).mean()
-            if kl_weight:
-                value = value + kl_weight * (rho * kl_per_context(logp)).sum()
-            return value
-
-    z0 = problem.log_ref if init is None else v.float_array("init", init, shape=(m, n))
-    z = as_t(z0).clone().requires_grad_(True)
+        batches = _batches(len(data), batch_size, shuffle, generator, device)
+        step_objective = lambda z: obj.minibatch(z, next(batches))
+    z = torch.as_tensor(np.array(z0), dtype=dtype, device=device).requires_grad_(True)
+    target_t = torch.as_tensor(np.array(target), dtype=dtype, device=device)
     opt = OPTIMIZERS[optimizer]([z], lr=lr)
     decay = SCHEDULES[schedule]
-
     history = []
 
     def record(step):
         with torch.no_grad():
             logp = torch.log_softmax(z, dim=-1)
             p = logp.exp()
-            tv_max = float((0.5 * (p - target_t).abs().sum(dim=-1)).max())
-            ent = float((rho * -(p * logp).sum(dim=-1)).sum())
-            kl_ref = float((rho * kl_per_context(logp)).sum())
-            history.append((step, float(full_objective(z)), tv_max, ent, kl_ref))
+            history.append((step, float(obj.full(z)), float((0.5 * (p - target_t).abs().sum(dim=-1)).max()),
+                            float((obj.rho * -(p * logp).sum(dim=-1)).sum()), float((obj.rho * obj.kl(logp)).sum())))
         return callback is not None and bool(callback(step, z.detach()))
 
-    work = (idx_c.numel() if batch_size is None else batch_size) + m * n     # elements per step
+    work = (obj.idx_c.numel() if batch_size is None else batch_size) + m * n     # numbers touched per step
     if num_threads is None and device.type == "cpu" and work < SMALL_WORK:
         num_threads = 1
-    elif num_threads is not None:
-        num_threads = v.positive_int("num_threads", num_threads)
-    stopped = False
     done = 0
     with torch_threads(num_threads), progress(steps, f"solve_sgd[{loss}]", quiet) as bar:
         stopped = record(0)
@@ -241,23 +292,16 @@ def solve_sgd(problem: TabularProblem, data: PairData, *, loss: str = "spo", alp
                 stopped = record(done)
 
     z_final = z.detach().requires_grad_(True)
-    value = full_objective(z_final)
+    value = obj.full(z_final)
     (grad,) = torch.autograd.grad(value, z_final)
     grad_norm = float(grad.abs().max())
-    ctx_mass = np.bincount(agg_c // n, weights=agg_mass, minlength=m) + kl_weight * problem.context_probs
-    err = float((grad.abs().max(dim=1).values.cpu().numpy() / np.maximum(ctx_mass, 1e-300)).max())
+    err = float((grad.abs().amax(dim=1).cpu().numpy() / np.maximum(obj.context_mass(problem.context_probs), 1e-300)).max())
     logits = torch.log_softmax(z_final.detach(), dim=-1).to(torch.float64).cpu().numpy()
-    frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
 
     mode = "full-batch" if batch_size is None else f"minibatch({batch_size})"
     status, converged = "converged", err <= tol
     message = f"{mode} {optimizer}: {done} steps, scaled gradient {err:.2e} (tol {tol:g}), gradient norm {grad_norm:.2e}"
-    unbounded = PAIR_LOSSES[loss].logistic and kl_weight == 0.0
-    if unbounded:
-        beats = np.zeros(m * n * n, dtype=bool)
-        beats[(agg_c * n + agg_r % n)[agg_mass > 0]] = True     # (x·n + i)·n + j
-        unbounded = bool(comparison_graph(beats.reshape(m, n, n)).unbounded.any())
-    if unbounded:
+    if PAIR_LOSSES[loss].logistic and kl_weight == 0.0 and obj.unbounded(m):
         status, converged = "no_finite_minimizer", False
         message = (f"no finite minimiser: some context's beats graph is not strongly connected, so with no KL "
                    f"term the {loss} loss sends probabilities to 0; returned the iterate after {done} steps ({message})")
@@ -270,4 +314,4 @@ def solve_sgd(problem: TabularProblem, data: PairData, *, loss: str = "spo", alp
         warnings.warn(f"solve_sgd did not reach tol: {message}", ConvergenceWarning, stacklevel=2)
     return SolveResult(policy=np.exp(logits), logits=logits, loss=float(value.detach()), grad_norm=grad_norm,
                        n_iter=done, converged=bool(converged), message=message, status=status,
-                       history=frame)
+                       history=pd.DataFrame(history, columns=list(HISTORY_COLUMNS)))
