@@ -110,7 +110,8 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         code = args._run(args)
     except (UsageError, ValueError, TypeError) as exc:
-        print(f"spo-tabular: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).splitlines())        # exactly one line, whatever the message holds
+        print(f"spo-tabular: error: {message}", file=sys.stderr)
         code = 2
     if __name__ == "__main__" or argv is None:
         sys.exit(code)

@@ -74,8 +74,10 @@ def win_rate(problem, policy, other, preference=None) -> float:
 
 
 def weighted_mean(values, context_probs) -> float:
-    """Σ_x ρ_x values_x."""
-    return float(np.dot(context_probs, values))
+    """Σ_x ρ_x values_x for values and context_probs of shape (n_contexts,)."""
+    values = v.float_array("values", values, ndim=1)
+    rho = v.float_array("context_probs", context_probs, shape=values.shape)
+    return float(np.dot(rho, values))
 
 
 def policy_distances(policy, other, context_probs) -> dict:

@@ -499,6 +499,18 @@ LOSS_SOLVERS = {
 }
 
 
+def _check_population_options(data, sampler, preference):
+    """sampler and preference describe the population; with data they would be ignored, so refuse them."""
+    if data is None:
+        return
+    if not (isinstance(sampler, str) and sampler == "uniform"):
+        got = repr(sampler) if isinstance(sampler, str) else type(sampler).__name__
+        raise ValueError(f"sampler must be left at its default 'uniform' when data is given (the data already fix "
+                         f"which pairs were shown), got {got}")
+    if preference is not None:
+        raise ValueError("preference must be None when data is given (the data already hold the expert's labels)")
+
+
 def solve_exact(problem: TabularProblem, *, loss: str = "spo", alpha=None, beta=None, tau=None, k=None,
                 lam=None, weights=None, data=None, sampler="uniform", preference=None, tol: float = 1e-12,
                 max_iter: int = 100) -> SolveResult:
@@ -523,6 +535,7 @@ def solve_exact(problem: TabularProblem, *, loss: str = "spo", alpha=None, beta=
     if data is not None and not isinstance(data, spec.data_types):
         names = " or ".join(t.__name__ for t in spec.data_types)
         raise TypeError(f"data for loss={loss!r} must be a {names} or None, got {type(data).__name__}")
+    _check_population_options(data, sampler, preference)
     tol = v.positive_float("tol", tol)
     max_iter = v.positive_int("max_iter", max_iter)
     return spec.solve(problem, data=data, sampler=sampler, preference=preference, tol=tol, max_iter=max_iter,
@@ -546,6 +559,7 @@ def solve_rlhf(problem: TabularProblem, *, beta: float, data=None, sampler="unif
     if not isinstance(problem, TabularProblem):
         raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
     beta = v.positive_float("beta", beta)
+    _check_population_options(data, sampler, preference)
     log_ref = torch.from_numpy(problem.log_ref)
     if data is None and preference is None and isinstance(sampler, str):
         v.choice("sampler", sampler, ("uniform", "ref"))
