@@ -111,12 +111,18 @@ def index_array(name: str, value, upper: int) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def describe(value) -> str:
+    """A short one-line description of a bad value for an error message: its repr, or its type for anything big."""
+    if value is None or isinstance(value, (str, numbers.Number)):
+        text = " ".join(repr(value).split())
+        return text if len(text) <= 80 else text[:77] + "..."
+    return type(value).__name__      # the repr of a stray array would fill the screen
+
+
 def choice(name: str, value, options) -> str:
     """Return value if it is one of the named options, else list them."""
     if not isinstance(value, str) or value not in options:
-        # The repr of a stray array would fill the screen: name its type instead.
-        got = repr(value) if value is None or isinstance(value, (str, numbers.Number)) else type(value).__name__
-        raise ValueError(f"{name} must be one of {sorted(options)}, got {got}")
+        raise ValueError(f"{name} must be one of {sorted(options)}, got {describe(value)}")
     return value
 
 

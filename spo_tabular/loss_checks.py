@@ -37,7 +37,7 @@ STRENGTH_BETA = ("dpo", "hinge", "cpo", "rlhf")
 def loss_params(loss: str, **given) -> dict:
     """The parameters `loss` takes, filled from `given` (None = default); ValueError for one it does not take."""
     if loss not in LOSS_PARAMS:
-        raise ValueError(f"loss must be one of {sorted(LOSS_PARAMS)}, got {loss!r}")
+        raise ValueError(f"loss must be one of {sorted(LOSS_PARAMS)}, got {v.describe(loss)}")
     takes = [p for p in LOSS_PARAMS[loss] if p != "weights"]
     extra = sorted(name for name, value in given.items() if value is not None and name not in takes)
     if extra:

@@ -117,8 +117,11 @@ def spo_best_of_n_loss(logps, best, *, alpha, weights=None):
     (logps,) = _upcast(logps=logps)
     if logps.ndim != 2 or logps.shape[1] < 2:
         raise ValueError(f"logps must have shape (N, k) with k >= 2, got {tuple(logps.shape)}")
-    best = torch.as_tensor(best, device=logps.device)
-    if best.dtype.is_floating_point or best.dtype == torch.bool:
+    try:
+        best = torch.as_tensor(best, device=logps.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"best must be an integer tensor or array of shape (N,), got {type(best).__name__}") from exc
+    if best.dtype.is_floating_point or best.dtype == torch.bool or best.dtype.is_complex:
         raise TypeError(f"best must hold integer indices, got {best.dtype}")
     if best.shape != logps.shape[:1]:
         raise ValueError(f"best must have shape ({logps.shape[0]},), got {tuple(best.shape)}")

@@ -398,7 +398,7 @@ def _solve_choice(problem, *, ranked, data, sampler, preference, tol, max_iter, 
     if data is None:
         if not (isinstance(sampler, str) and sampler == "uniform"):
             raise ValueError(f"sampler must be 'uniform' for the population {loss} objective "
-                             f"(shown k-sets uniform among the k-subsets), got {sampler!r}")
+                             f"(shown k-sets uniform among the k-subsets), got {v.describe(sampler)}")
         events = population_events(problem, _required("k", k, loss), ranked=ranked, weights=weights)
     else:
         if (data.n_contexts, data.n_actions) != (problem.n_contexts, problem.n_actions):
@@ -504,9 +504,8 @@ def _check_population_options(data, sampler, preference):
     if data is None:
         return
     if not (isinstance(sampler, str) and sampler == "uniform"):
-        got = repr(sampler) if isinstance(sampler, str) else type(sampler).__name__
         raise ValueError(f"sampler must be left at its default 'uniform' when data is given (the data already fix "
-                         f"which pairs were shown), got {got}")
+                         f"which pairs were shown), got {v.describe(sampler)}")
     if preference is not None:
         raise ValueError("preference must be None when data is given (the data already hold the expert's labels)")
 
@@ -524,7 +523,7 @@ def solve_exact(problem: TabularProblem, *, loss: str = "spo", alpha=None, beta=
     """
     spec = LOSS_SOLVERS.get(loss) if isinstance(loss, str) else None
     if spec is None:
-        raise ValueError(f"loss must be one of {sorted(LOSS_SOLVERS)}, got {loss!r}")
+        raise ValueError(f"loss must be one of {sorted(LOSS_SOLVERS)}, got {v.describe(loss)}")
     if not isinstance(problem, TabularProblem):
         raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
     given = {name: value for name, value in (("alpha", alpha), ("beta", beta), ("tau", tau), ("k", k),
