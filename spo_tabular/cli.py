@@ -10,6 +10,7 @@ import json
 import sys
 
 from .checks import check_theorem1
+from .io import args_provenance
 from .loss_checks import configure_check, run_check, zoo_claims
 from .problems import make_problem
 from .report import format_record, format_table
@@ -47,7 +48,8 @@ def _run_theorem1(args) -> int:
     problem = make_problem(args.n_contexts, args.n_actions, seed=args.seed,
                            reward_scale=args.reward_scale, ref=args.ref)
     report = check_theorem1(problem, alpha=args.alpha, beta=args.beta, sampler=args.sampler, tol=args.tol)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else format_record(report.as_dict()))
+    record = {**report.as_dict(), "provenance": args_provenance(args)}
+    print(json.dumps(record, indent=2) if args.json else format_record(report.as_dict()))
     return 0 if report.passed else 1
 
 
@@ -77,7 +79,8 @@ def _configure_reproduce(p):
 def _run_reproduce(args) -> int:
     rows = reproduce_claims(quick=args.quick)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        prov = args_provenance(args)
+        print(json.dumps([{**row, **prov} for row in rows], indent=2))
     else:
         print(format_table(rows))
         n_pass = sum(r["passed"] for r in rows)

@@ -262,3 +262,9 @@ def provenance(config, *, seed=None) -> dict:
     return {"seed": _canonical(seed, "seed"), "config_hash": config_hash(config), "package_version": __version__,
             "torch_version": torch.__version__, "numpy_version": np.__version__,
             "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def args_provenance(args) -> dict:
+    """provenance() of parsed command-line arguments (an argparse Namespace): private "_" entries and the
+    output-format flag "json" are not part of the configuration."""
+    return provenance({k: v for k, v in vars(args).items() if not k.startswith("_") and k != "json"})

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import _validation as v
+from .io import args_provenance
 from .losses import LOSSES
 from .metrics import policy_distances
 from .objectives import SPOObjective
@@ -224,7 +225,8 @@ def run_check(args) -> int:
     problem = make_problem(args.n_contexts, args.n_actions, seed=args.seed, reward_scale=args.reward_scale,
                            ref=args.ref)
     report = check_loss(problem, loss=args.loss, sampler=args.sampler, tol=args.tol, **params)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else format_record(report.as_dict()))
+    record = {**report.as_dict(), "provenance": args_provenance(args)}
+    print(json.dumps(record, indent=2) if args.json else format_record(report.as_dict()))
     return 0 if report.passed else 1
 
 

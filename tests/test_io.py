@@ -290,3 +290,15 @@ def test_configs_without_a_canonical_form_are_refused_naming_the_key():
         sio.config_hash({"fn": lambda x: x})
     with pytest.raises(TypeError, match="config keys must be str"):
         sio.config_hash({1: "a"})
+
+
+def test_cli_json_results_record_their_provenance(capsys):
+    from spo_tabular.cli import main
+    records = []
+    for argv in (["theorem1", "--seed", "3"], ["theorem1", "--seed", "3"], ["theorem1", "--seed", "3", "--alpha", "2"]):
+        main([*argv, "--json", "--n-contexts", "2", "--n-actions", "3"])
+        records.append(json.loads(capsys.readouterr().out)["provenance"])
+    assert records[0]["seed"] == 3 and records[0]["package_version"] == spo_tabular.__version__
+    assert records[0]["config_hash"] == records[1]["config_hash"] != records[2]["config_hash"]
+    main(["check", "--loss", "dpo", "--json", "--n-contexts", "2", "--n-actions", "3", "--seed", "5"])
+    assert json.loads(capsys.readouterr().out)["provenance"]["seed"] == 5
