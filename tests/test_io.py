@@ -302,3 +302,14 @@ def test_cli_json_results_record_their_provenance(capsys):
     assert records[0]["config_hash"] == records[1]["config_hash"] != records[2]["config_hash"]
     main(["check", "--loss", "dpo", "--json", "--n-contexts", "2", "--n-actions", "3", "--seed", "5"])
     assert json.loads(capsys.readouterr().out)["provenance"]["seed"] == 5
+
+
+def test_the_resume_example_of_docs_robustness_runs(tmp_path):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "robustness.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(compile(block, "docs/robustness.md", "exec"), namespace)
+    path = tmp_path / "ckpt.pt"
+    assert namespace["train"](path, 3)["step"] == 3
+    assert namespace["train"](path, 5)["step"] == 5          # resumed from step 3, not from 0
+    assert sio.load_torch(path)["step"] == 5
