@@ -18,7 +18,7 @@ import math
 import numbers
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +26,6 @@ import numpy as np
 _TRAILER = re.compile(rb"\n# spo_tabular sha256=([0-9a-f]{64})\n\Z")
 _TRAILER_LEN = len(b"\n# spo_tabular sha256=\n") + 64
 JSON_CHECKSUM_KEY = "_sha256"
-
-# Permissions of a new file: what open() would give (0o666 minus the umask), not mkstemp's 0o600.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 # --------------------------------------------------------------------------- atomic writers
@@ -50,15 +46,17 @@ def atomic_write_bytes(path, data) -> Path:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory: os.replace is only atomic within one file system.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Same directory: os.replace is only atomic within one file system. Mode 0o666 lets the umask
+    # apply as for open() (mkstemp would give 0o600); O_EXCL never reuses another writer's file.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK
-        os.chmod(tmp, mode)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)    # a replaced file keeps its permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
