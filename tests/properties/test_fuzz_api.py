@@ -13,6 +13,7 @@ import re
 import warnings
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
@@ -26,7 +27,6 @@ from spo_tabular.cli import main
 from spo_tabular.losses import LOSSES, confidence_weights
 from spo_tabular.preferences import bradley_terry
 from spo_tabular.solvers import ConvergenceWarning, NoFiniteMinimizerWarning, NonUniqueMinimizerWarning
-from zoo_strategies import one_torch_thread  # noqa: F401
 
 FUZZ_FACTOR = int(os.environ.get("SPO_FUZZ_FACTOR", "4"))      # raise it for a long local fuzzing session
 FUZZ = settings(max_examples=FUZZ_FACTOR * settings().max_examples)
@@ -72,6 +72,15 @@ def check_solve_result(res, caught):
         assert not categories, res.message
     else:
         assert STATUS_WARNING[res.status] in categories, res.message
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: one torch thread (the CI's two cores already run two pytest workers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- partly invalid values
