@@ -27,10 +27,19 @@ def nonnegative_float(name: str, value) -> float:
     return value
 
 
+def _is_torch_tensor(value) -> bool:
+    """True for a torch.Tensor, without importing torch here."""
+    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
+
+
 def real_float(name: str, value) -> float:
-    """Return value as a finite Python float, else raise naming `name`."""
+    """Return value as a finite Python float, else raise naming `name` (0-d numpy/torch scalars are accepted)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        if isinstance(value, np.ndarray) and value.ndim == 0 and np.issubdtype(value.dtype, np.number):
+        if _is_torch_tensor(value) and value.ndim == 0 and not value.dtype.is_complex \
+                and str(value.dtype) != "torch.bool":
+            value = value.item()
+        elif isinstance(value, np.ndarray) and value.ndim == 0 and np.issubdtype(value.dtype, np.number) \
+                and not np.issubdtype(value.dtype, np.complexfloating):
             value = value.item()
         else:
             raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
@@ -51,11 +60,24 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
 
 
 def float_array(name: str, value, ndim: int | None = None, shape: tuple | None = None) -> np.ndarray:
-    """Return a finite float64 copy of `value`, checking its dimension and shape."""
+    """Return a finite float64 copy of `value`, checking its dimension and shape.
+
+    Any real dtype is upcast (float16 and torch bfloat16 included); complex and string input is
+    refused rather than silently cast.
+    """
+    if _is_torch_tensor(value):
+        if value.dtype.is_complex:
+            raise TypeError(f"{name} must be a real array, got a complex tensor")
+        value = value.detach().cpu().double()          # numpy has no bfloat16: upcast in torch first
     try:
-        arr = np.array(value, dtype=np.float64, copy=True)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
+        probe = np.asarray(value)
+        # Complex would lose its imaginary part and numeric strings would parse: refuse both.
+        bad_kind = np.iscomplexobj(probe) or probe.dtype.kind in "USV"
+        arr = None if bad_kind else np.array(probe, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as exc:     # ragged lists, objects that are not numbers
+        raise TypeError(f"{name} must be a real numeric array, got {type(value).__name__}") from exc
+    if arr is None:
+        raise TypeError(f"{name} must be a real numeric array, got dtype {probe.dtype}")
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}-d array, got shape {arr.shape}")
     if shape is not None and arr.shape != tuple(shape):
@@ -80,6 +102,8 @@ def index_array(name: str, value, upper: int) -> np.ndarray:
     arr = np.asarray(value)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-d integer array, got shape {arr.shape}")
+    if arr.size == 0:
+        arr = arr.astype(np.int64)          # np.asarray([]) is float64: an empty list is not a dtype error
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.size and (arr.min() < 0 or arr.max() >= upper):
@@ -87,10 +111,18 @@ def index_array(name: str, value, upper: int) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def describe(value) -> str:
+    """A short one-line description of a bad value for an error message: its repr, or its type for anything big."""
+    if value is None or isinstance(value, (str, numbers.Number)):
+        text = " ".join(repr(value).split())
+        return text if len(text) <= 80 else text[:77] + "..."
+    return type(value).__name__      # the repr of a stray array would fill the screen
+
+
 def choice(name: str, value, options) -> str:
     """Return value if it is one of the named options, else list them."""
     if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
+        raise ValueError(f"{name} must be one of {sorted(options)}, got {describe(value)}")
     return value
 
 

@@ -11,6 +11,7 @@ import sys
 
 from .checks import check_theorem1
 from .experiments import cli as experiment_cli
+from .io import args_provenance
 from .loss_checks import configure_check, run_check, zoo_claims
 from .problems import make_problem
 from .report import format_record, format_table
@@ -49,7 +50,8 @@ def _run_theorem1(args) -> int:
     problem = make_problem(args.n_contexts, args.n_actions, seed=args.seed,
                            reward_scale=args.reward_scale, ref=args.ref)
     report = check_theorem1(problem, alpha=args.alpha, beta=args.beta, sampler=args.sampler, tol=args.tol)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else format_record(report.as_dict()))
+    record = {**report.as_dict(), "provenance": args_provenance(args)}
+    print(json.dumps(record, indent=2) if args.json else format_record(report.as_dict()))
     return 0 if report.passed else 1
 
 
@@ -79,7 +81,8 @@ def _configure_reproduce(p):
 def _run_reproduce(args) -> int:
     rows = reproduce_claims(quick=args.quick)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        prov = args_provenance(args)
+        print(json.dumps([{**row, **prov} for row in rows], indent=2))
     else:
         print(format_table(rows))
         n_pass = sum(r["passed"] for r in rows)
@@ -116,7 +119,8 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         code = args._run(args)
     except (UsageError, ValueError, TypeError) as exc:
-        print(f"spo-tabular: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).splitlines())        # exactly one line, whatever the message holds
+        print(f"spo-tabular: error: {message}", file=sys.stderr)
         code = 2
     if __name__ == "__main__" or argv is None:
         sys.exit(code)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import _validation as v
+from .io import args_provenance
 from .losses import LOSSES
 from .metrics import policy_distances
 from .objectives import SPOObjective
@@ -37,7 +38,7 @@ STRENGTH_BETA = ("dpo", "hinge", "cpo", "rlhf")
 def loss_params(loss: str, **given) -> dict:
     """The parameters `loss` takes, filled from `given` (None = default); ValueError for one it does not take."""
     if loss not in LOSS_PARAMS:
-        raise ValueError(f"loss must be one of {sorted(LOSS_PARAMS)}, got {loss!r}")
+        raise ValueError(f"loss must be one of {sorted(LOSS_PARAMS)}, got {v.describe(loss)}")
     takes = [p for p in LOSS_PARAMS[loss] if p != "weights"]
     extra = sorted(name for name, value in given.items() if value is not None and name not in takes)
     if extra:
@@ -224,7 +225,8 @@ def run_check(args) -> int:
     problem = make_problem(args.n_contexts, args.n_actions, seed=args.seed, reward_scale=args.reward_scale,
                            ref=args.ref)
     report = check_loss(problem, loss=args.loss, sampler=args.sampler, tol=args.tol, **params)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else format_record(report.as_dict()))
+    record = {**report.as_dict(), "provenance": args_provenance(args)}
+    print(json.dumps(record, indent=2) if args.json else format_record(report.as_dict()))
     return 0 if report.passed else 1
 
 

@@ -20,14 +20,29 @@ import torch.nn.functional as F
 from . import _validation as v
 
 
-def _upcast(*tensors):
-    """Promote to a common float dtype of at least float32 (float16/bfloat16 inputs are upcast)."""
-    tensors = [torch.as_tensor(t) for t in tensors]
+def _upcast(**named):
+    """The named inputs as tensors of one float dtype of at least float32 (float16/bfloat16 are upcast).
+
+    Checks that each is a floating-point array and that their shapes broadcast, so a bad input
+    raises TypeError/ValueError naming the argument instead of a RuntimeError deep inside torch.
+    """
+    tensors = []
     dtype = torch.float32
-    for t in tensors:
-        if not (t.dtype.is_floating_point):
-            raise TypeError(f"log-probabilities must be floating point, got {t.dtype}")
+    for name, value in named.items():
+        try:
+            t = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{name} must be a floating-point tensor or array of log-probabilities, "
+                            f"got {type(value).__name__}") from exc
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be floating point (log-probabilities), got {t.dtype}")
         dtype = torch.promote_types(dtype, t.dtype)
+        tensors.append(t)
+    try:
+        torch.broadcast_shapes(*(t.shape for t in tensors))
+    except RuntimeError:
+        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in zip(named, tensors))
+        raise ValueError(f"shapes do not broadcast: {shapes}") from None
     return [t.to(dtype) for t in tensors]
 
 
@@ -71,7 +86,7 @@ def confidence_weights(logps, *, alpha, gamma):
     """
     alpha = v.positive_float("alpha", alpha)
     gamma = v.real_float("gamma", gamma)
-    (logps,) = _upcast(logps)
+    (logps,) = _upcast(logps=logps)
     if logps.ndim < 2 or logps.shape[-1] < 1 or logps.numel() == 0:
         raise ValueError(f"logps must have shape (N, k) with N, k >= 1, got {tuple(logps.shape)}")
     logps = logps.detach()
@@ -90,7 +105,7 @@ def confidence_weighting(*, alpha, gamma):
 def spo_loss(logp_chosen, logp_rejected, *, alpha, weights=None):
     """-(1/alpha) * mu * log sigmoid(alpha * (logp_chosen - logp_rejected)), per pair; shapes broadcast."""
     alpha = v.positive_float("alpha", alpha)
-    logp_chosen, logp_rejected = _upcast(logp_chosen, logp_rejected)
+    logp_chosen, logp_rejected = _upcast(logp_chosen=logp_chosen, logp_rejected=logp_rejected)
     margin = logp_chosen - logp_rejected                # (n_pairs,)
     loss = -F.logsigmoid(alpha * margin) / alpha        # logsigmoid stays finite where log(sigmoid) is -inf
     return _weighted(loss, weights, lambda: _pair_logps(logp_chosen, logp_rejected))
@@ -99,11 +114,14 @@ def spo_loss(logp_chosen, logp_rejected, *, alpha, weights=None):
 def spo_best_of_n_loss(logps, best, *, alpha, weights=None):
     """-(1/alpha)(alpha logp_best - logsumexp_k alpha logp_k), per sample; logps (N, k), best (N,) int."""
     alpha = v.positive_float("alpha", alpha)
-    (logps,) = _upcast(logps)
+    (logps,) = _upcast(logps=logps)
     if logps.ndim != 2 or logps.shape[1] < 2:
         raise ValueError(f"logps must have shape (N, k) with k >= 2, got {tuple(logps.shape)}")
-    best = torch.as_tensor(best, device=logps.device)
-    if best.dtype.is_floating_point or best.dtype == torch.bool:
+    try:
+        best = torch.as_tensor(best, device=logps.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"best must be an integer tensor or array of shape (N,), got {type(best).__name__}") from exc
+    if best.dtype.is_floating_point or best.dtype == torch.bool or best.dtype.is_complex:
         raise TypeError(f"best must hold integer indices, got {best.dtype}")
     if best.shape != logps.shape[:1]:
         raise ValueError(f"best must have shape ({logps.shape[0]},), got {tuple(best.shape)}")
@@ -118,7 +136,7 @@ def spo_best_of_n_loss(logps, best, *, alpha, weights=None):
 def spo_ranked_loss(logps, *, alpha, weights=None):
     """-(1/alpha) Σ_{t<k} (alpha logp_(t) - logsumexp_{s>=t} alpha logp_(s)); logps (N, k) best first."""
     alpha = v.positive_float("alpha", alpha)
-    (logps,) = _upcast(logps)
+    (logps,) = _upcast(logps=logps)
     if logps.ndim != 2 or logps.shape[1] < 2:
         raise ValueError(f"logps must have shape (N, k) with k >= 2, got {tuple(logps.shape)}")
     scaled = alpha * logps
@@ -131,7 +149,7 @@ def spo_ranked_loss(logps, *, alpha, weights=None):
 def _ref_margin(logp_chosen, logp_rejected, ref_chosen, ref_rejected):
     """(h, logp_chosen, logp_rejected) upcast, h = (logp_w − ref_w) − (logp_l − ref_l) of SPEC §4."""
     logp_chosen, logp_rejected, ref_chosen, ref_rejected = _upcast(
-        logp_chosen, logp_rejected, ref_chosen, ref_rejected)
+        logp_chosen=logp_chosen, logp_rejected=logp_rejected, ref_chosen=ref_chosen, ref_rejected=ref_rejected)
     return (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected), logp_chosen, logp_rejected
 
 
@@ -160,7 +178,7 @@ def cpo_loss(logp_chosen, logp_rejected, *, beta, lam=1.0, weights=None):
     """-log sigmoid(beta (logp_w - logp_l)) - lam * logp_w, per pair (Xu et al. 2024)."""
     beta = v.positive_float("beta", beta)
     lam = v.nonnegative_float("lam", lam)
-    logp_chosen, logp_rejected = _upcast(logp_chosen, logp_rejected)
+    logp_chosen, logp_rejected = _upcast(logp_chosen=logp_chosen, logp_rejected=logp_rejected)
     loss = -F.logsigmoid(beta * (logp_chosen - logp_rejected)) - lam * logp_chosen
     return _weighted(loss, weights, lambda: _pair_logps(logp_chosen, logp_rejected))
 

@@ -40,11 +40,12 @@ def kl(p, q) -> np.ndarray:
 
 
 def max_abs_log_ratio(p, q) -> np.ndarray:
-    """max_y |log p − log q| per context, shape (n_contexts,)."""
+    """max_y |log p − log q| per context, shape (n_contexts,); inf where exactly one of p, q is 0 (0 where both are)."""
     p, q = _pair(p, q)
     with np.errstate(divide="ignore", invalid="ignore"):
         d = np.abs(np.log(p) - np.log(q))
-    return np.nan_to_num(d, nan=0.0).max(axis=1)
+    # Only 0 vs 0 (NaN from −inf − −inf) is a zero distance; nan_to_num would also clip inf to 1.8e308.
+    return np.nan_to_num(d, nan=0.0, posinf=np.inf).max(axis=1)
 
 
 def entropy(p) -> np.ndarray:
@@ -74,8 +75,10 @@ def win_rate(problem, policy, other, preference=None) -> float:
 
 
 def weighted_mean(values, context_probs) -> float:
-    """Σ_x ρ_x values_x."""
-    return float(np.dot(context_probs, values))
+    """Σ_x ρ_x values_x for values and context_probs of shape (n_contexts,)."""
+    values = v.float_array("values", values, ndim=1)
+    rho = v.float_array("context_probs", context_probs, shape=values.shape)
+    return float(np.dot(rho, values))
 
 
 def policy_distances(policy, other, context_probs) -> dict:

@@ -81,7 +81,7 @@ def _choice_oracle(loss):
         if k > problem.n_actions:
             raise ValueError(f"k must be at most n_actions = {problem.n_actions}, got {k}")
         if not (isinstance(sampler, str) and sampler == "uniform"):
-            raise ValueError(f"sampler must be 'uniform' for loss={loss!r} (shown k-sets uniform), got {sampler!r}")
+            raise ValueError(f"sampler must be 'uniform' for loss={loss!r} (shown k-sets uniform), got {v.describe(sampler)}")
         if weights is not None:
             mu = v.float_array("weights", weights, ndim=2)
             # A per-set weight is symmetric by construction; zero weights could disconnect the graph.
@@ -168,7 +168,7 @@ def oracle_policy(problem: TabularProblem, *, loss: str, sampler="uniform", pref
         raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
     oracle = ORACLES.get(loss) if isinstance(loss, str) else None
     if oracle is None:
-        raise ValueError(f"loss must be one of {sorted(ORACLES)}, got {loss!r}")
+        raise ValueError(f"loss must be one of {sorted(ORACLES)}, got {v.describe(loss)}")
     preference_matrix(problem, preference)            # validates the array early
     try:
         return oracle(problem, sampler=sampler, preference=preference, **params)

@@ -18,16 +18,22 @@ from .problems import TabularProblem
 SAMPLERS = ("uniform", "ref")
 
 
+def _check_problem(problem):
+    if not isinstance(problem, TabularProblem):
+        raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
+
+
 # --------------------------------------------------------------------------- expert models
 
 def bradley_terry(rewards: np.ndarray) -> np.ndarray:
     """P[x, i, j] = σ(r_xi − r_xj), shape (n_contexts, n_actions, n_actions); diagonal ½."""
-    r = torch.tensor(np.asarray(rewards, dtype=np.float64))   # (m, n), copied: rewards may be read-only
+    r = torch.from_numpy(v.float_array("rewards", rewards, ndim=2))   # (m, n), a checked copy
     return torch.sigmoid(r[:, :, None] - r[:, None, :]).numpy()   # torch: ~10x numpy's expit here
 
 
 def preference_matrix(problem: TabularProblem, preference=None) -> np.ndarray:
     """The expert's P (m, n, n): Bradley–Terry on the rewards when `preference` is None, else the checked array."""
+    _check_problem(problem)
     if preference is None:
         return bradley_terry(problem.rewards)
     m, n = problem.n_contexts, problem.n_actions
@@ -44,7 +50,11 @@ def preference_matrix(problem: TabularProblem, preference=None) -> np.ndarray:
 
 def pair_probs(problem: TabularProblem, sampler="uniform") -> np.ndarray:
     """q[x, i, j]: probability that the ordered pair (i, j), i ≠ j, is shown; shape (m, n, n), rows sum to 1."""
+    _check_problem(problem)
     m, n = problem.n_contexts, problem.n_actions
+    if not isinstance(sampler, str) and np.ndim(sampler) != 3:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)} or a pair-probability array of shape "
+                         f"(n_contexts, n_actions, n_actions) = {(m, n, n)}, got {type(sampler).__name__}")
     if isinstance(sampler, str):
         v.choice("sampler", sampler, SAMPLERS)
         if sampler == "uniform":

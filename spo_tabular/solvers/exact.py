@@ -379,7 +379,7 @@ def _solve_choice(problem, *, ranked, data, sampler, preference, tol, max_iter, 
     if data is None:
         if not (isinstance(sampler, str) and sampler == "uniform"):
             raise ValueError(f"sampler must be 'uniform' for the population {loss} objective "
-                             f"(shown k-sets uniform among the k-subsets), got {sampler!r}")
+                             f"(shown k-sets uniform among the k-subsets), got {v.describe(sampler)}")
         events = population_events(problem, _required("k", k, loss), ranked=ranked, weights=weights)
     else:
         if (data.n_contexts, data.n_actions) != (problem.n_contexts, problem.n_actions):
@@ -480,6 +480,17 @@ LOSS_SOLVERS = {
 }
 
 
+def _check_population_options(data, sampler, preference):
+    """sampler and preference describe the population; with data they would be ignored, so refuse them."""
+    if data is None:
+        return
+    if not (isinstance(sampler, str) and sampler == "uniform"):
+        raise ValueError(f"sampler must be left at its default 'uniform' when data is given (the data already fix "
+                         f"which pairs were shown), got {v.describe(sampler)}")
+    if preference is not None:
+        raise ValueError("preference must be None when data is given (the data already hold the expert's labels)")
+
+
 def solve_exact(problem: TabularProblem, *, loss: str = "spo", alpha=None, beta=None, tau=None, k=None,
                 lam=None, weights=None, data=None, sampler="uniform", preference=None, tol: float = 1e-12,
                 max_iter: int = 100) -> SolveResult:
@@ -493,7 +504,7 @@ def solve_exact(problem: TabularProblem, *, loss: str = "spo", alpha=None, beta=
     """
     spec = LOSS_SOLVERS.get(loss) if isinstance(loss, str) else None
     if spec is None:
-        raise ValueError(f"loss must be one of {sorted(LOSS_SOLVERS)}, got {loss!r}")
+        raise ValueError(f"loss must be one of {sorted(LOSS_SOLVERS)}, got {v.describe(loss)}")
     if not isinstance(problem, TabularProblem):
         raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
     given = {name: value for name, value in (("alpha", alpha), ("beta", beta), ("tau", tau), ("k", k),
@@ -504,6 +515,7 @@ def solve_exact(problem: TabularProblem, *, loss: str = "spo", alpha=None, beta=
     if data is not None and not isinstance(data, spec.data_types):
         names = " or ".join(t.__name__ for t in spec.data_types)
         raise TypeError(f"data for loss={loss!r} must be a {names} or None, got {type(data).__name__}")
+    _check_population_options(data, sampler, preference)
     tol = v.positive_float("tol", tol)
     max_iter = v.positive_int("max_iter", max_iter)
     return spec.solve(problem, data=data, sampler=sampler, preference=preference, tol=tol, max_iter=max_iter,
@@ -527,6 +539,7 @@ def solve_rlhf(problem: TabularProblem, *, beta: float, data=None, sampler="unif
     if not isinstance(problem, TabularProblem):
         raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
     beta = v.positive_float("beta", beta)
+    _check_population_options(data, sampler, preference)
     log_ref = torch.from_numpy(problem.log_ref)
     if data is None and preference is None and isinstance(sampler, str):
         v.choice("sampler", sampler, ("uniform", "ref"))
