@@ -214,3 +214,16 @@ def test_cuda_bf16_run(compile_):
                    RunConfig(device="cuda", amp=True, compile=compile_, log_interval=0, eval_samples=256), **QUIET)
     assert result.metrics["device"] == "cuda"
     assert np.isfinite(result.metrics["tv_exact"]) and np.isfinite(result.metrics["kl_ref"])
+
+
+def test_checkpoint_with_one_flipped_byte_is_refused(tmp_path):
+    """The sha256 trailer catches a single changed byte (plain torch.load read most such files silently)."""
+    from spo_tabular.transformer.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+    path = tmp_path / "c.pt"
+    save_checkpoint(str(path), {"version": CHECKPOINT_VERSION, "w": torch.arange(1000, dtype=torch.float32)})
+    assert load_checkpoint(str(path))["w"].sum() == sum(range(1000))
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="c.pt"):
+        load_checkpoint(str(path))

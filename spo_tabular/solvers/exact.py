@@ -54,7 +54,7 @@ class SolveResult:
     history: object = field(default=None, repr=False)  # optional per-step DataFrame (SGD)
 
 
-def _log_odds_system(W: torch.Tensor, complete: bool, rewards=None):
+def _log_odds_system(W: torch.Tensor, complete: bool, rewards=None, weights=None):
     """Shown mass c = W + Wᵀ (m, n, n) and b_i = Σ_j c_ij log(W_ij / W_ji) (m, n) of the log-odds fit.
 
     With `rewards` (population Bradley–Terry) the log-odds are r_i − r_j exactly, so
@@ -63,8 +63,13 @@ def _log_odds_system(W: torch.Tensor, complete: bool, rewards=None):
     c = W + W.transpose(1, 2)                                # shown mass of the pair, symmetric
     if rewards is not None:
         r = torch.tensor(np.asarray(rewards, dtype=np.float64))   # (m, n), a copy: rewards are read-only
-        return c, c.sum(dim=2) * r - torch.bmm(c, r[..., None])[..., 0]
-    if complete:
+        b = c.sum(dim=2) * r - torch.bmm(c, r[..., None])[..., 0]
+        if weights is not None:     # log(μ_ij σ_ij / μ_ji σ_ji) = r_i − r_j + log μ_ij − log μ_ji
+            log_mu = torch.log(torch.as_tensor(weights, dtype=DTYPE))
+            log_mu.diagonal(dim1=1, dim2=2).zero_()
+            b = b + (c * (log_mu - log_mu.transpose(1, 2))).sum(dim=2)
+        return c, b
+    if complete and bool((W > 0).sum() == W.shape[0] * W.shape[1] * (W.shape[1] - 1)):
         logW = torch.log(W)
         L = logW - logW.transpose(1, 2)
         L.diagonal(dim1=1, dim2=2).zero_()                   # −inf − (−inf) on the diagonal
@@ -281,12 +286,19 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
                        context_probs=problem.context_probs)
     complete = beats is None or is_complete(beats)
     graph = GraphReport.strongly_connected(problem.n_contexts) if complete else comparison_graph(beats)
-    population_bt = data is None and preference is None and weights is None
-    equal_weights = population_bt and isinstance(sampler, str) and sampler == "uniform"
-    c, b = _log_odds_system(obj.W, complete, problem.rewards if population_bt else None)
+    population_bt = data is None and preference is None
+    # μ > 0 off the diagonal keeps every log-odds finite: the start stays exact for the BT expert.
+    positive_mu = weights is None or bool(np.all(mu[:, ~np.eye(problem.n_actions, dtype=bool)] > 0))
+    equal_weights = population_bt and weights is None and isinstance(sampler, str) and sampler == "uniform"
+    c, b = _log_odds_system(obj.W, complete, problem.rewards if population_bt and positive_mu else None,
+                            weights=mu if weights is not None else None)
     z0 = _log_odds_start(c, b, alpha, torch.from_numpy(~graph.unique), equal_weights=equal_weights)
     if beta > 0:
         z0 = _kl_quadratic_start(obj, z0)
+        # Where the KL term dominates, log π_ref itself can be the better start: take, per context,
+        # whichever has the lower objective (the KL is not convex in z; a bad start can stall).
+        ref_start = obj.log_ref.expand_as(z0)
+        z0 = torch.where((obj.values(ref_start) < obj.values(z0))[:, None], ref_start, z0)
 
     # With β > 0 the KL term makes every context bounded and strictly determined.
     no_kl = np.full(problem.n_contexts, beta == 0.0)
@@ -391,7 +403,12 @@ def _solve_choice(problem, *, ranked, data, sampler, preference, tol, max_iter, 
     obj = ChoiceObjective(events, alpha=alpha, beta=beta, log_ref=problem.log_ref,
                           context_probs=problem.context_probs)
     graph = comparison_graph(events.beats())
-    z0 = _log_odds_fit(torch.from_numpy(events.pair_surrogate()), alpha, torch.from_numpy(~graph.unique))
+    if data is None and weights is None:
+        # Population Luce / Plackett–Luce: the β = 0 minimiser is softmax(r/α) (SPEC §6), so start
+        # there; the Luce masses e^{r_i}/Σ e^{r_k} may underflow, the rewards never do.
+        z0 = torch.tensor(problem.rewards / alpha)
+    else:
+        z0 = _log_odds_fit(torch.from_numpy(events.pair_surrogate()), alpha, torch.from_numpy(~graph.unique))
     no_kl = beta == 0.0
     return _finish(obj, z0, unbounded=graph.unbounded & no_kl, non_unique=graph.non_unique & no_kl,
                    tol=tol, max_iter=max_iter, loss=loss)
@@ -403,7 +420,10 @@ def _solve_dpo(problem, *, data, sampler, preference, tol, max_iter, beta=None, 
     obj = dpo_objective(W, beta=beta, log_ref=problem.log_ref, context_probs=problem.context_probs)
     graph = comparison_graph(beats)
     # DPO's minimiser is log π_ref + (BT log-odds fit)/β: the SPO start shifted by the reference.
-    z0 = obj.log_ref + _log_odds_fit(obj.W, beta, torch.from_numpy(~graph.unique))
+    # For the population Bradley–Terry expert the log-odds are r_i − r_j exactly (no underflow).
+    population_bt = data is None and preference is None and weights is None
+    c, b = _log_odds_system(obj.W, complete=False, rewards=problem.rewards if population_bt else None)
+    z0 = obj.log_ref + _log_odds_start(c, b, beta, torch.from_numpy(~graph.unique))
     return _finish(obj, z0, unbounded=graph.unbounded, non_unique=graph.non_unique, tol=tol,
                    max_iter=max_iter, loss="dpo")
 

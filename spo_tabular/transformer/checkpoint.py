@@ -11,6 +11,8 @@ import random
 import numpy as np
 import torch
 
+from ..io import atomic_save_torch, load_torch
+
 CHECKPOINT_VERSION = 1
 
 
@@ -19,31 +21,21 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str, state: dict):
-    """torch.save to a temporary file in the same directory, fsync, then os.replace: never a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)           # atomic on POSIX: readers see the old file or the new one
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write atomically (temp file, fsync, os.replace) with a sha256 trailer: never a half-written file."""
+    atomic_save_torch(state, path)
 
 
 def load_checkpoint(path: str) -> dict:
-    """The checkpoint dict (tensors on CPU); CheckpointError naming the file if it is missing, truncated or corrupt."""
+    """The checkpoint dict (tensors on CPU); CheckpointError naming the file if it is missing, truncated or corrupt.
+
+    The sha256 trailer catches any changed byte (plain torch.load read most single-byte flips silently).
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:   # a damaged file raises RuntimeError, EOFError, UnpicklingError, ... depending on where
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt "
-                              f"({type(exc).__name__}: {first_line})") from None
+        state = load_torch(path, map_location="cpu", weights_only=True)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({str(exc).splitlines()[0]})") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"checkpoint {path} is not a version-{CHECKPOINT_VERSION} "
                               "spo_tabular transformer checkpoint")
