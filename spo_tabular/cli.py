@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from . import figures
 from .checks import check_theorem1
 from .experiments import cli as experiment_cli
 from .io import args_provenance
@@ -95,6 +96,8 @@ COMMANDS = {
               configure_check, run_check),
     "experiment": ("run a finite-data experiment (scaling, noise, dataset-size, collapse, regularization)",
                    experiment_cli.configure, experiment_cli.run),
+    "figures": ("regenerate every paper-style figure as PNG and PDF (data cached in OUT/data)",
+                figures.configure, figures.run),
     "reproduce": ("verify every claim checked so far and print one table", _configure_reproduce, _run_reproduce),
     "theorem1": ("check Theorem 1 on a random problem", _configure_theorem1, _run_theorem1),
     "transformer": ("train a small causal transformer with SPO/DPO and check it exactly by enumeration",
