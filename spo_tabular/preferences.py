@@ -310,22 +310,36 @@ class RankedData:
 
 
 def _gumbel(rng, shape) -> np.ndarray:
-    # −log(−log U) with U in (0, 1]: 1 − random() avoids log(0).
-    return -np.log(-np.log1p(-rng.random(shape)))
+    # Gumbel(0, 1) = −log E with E ~ Exp(1): one logarithm (numpy's ziggurat draws E without one),
+    # where −log(−log U) takes two; E > 0 always, so no log(0).
+    return -np.log(rng.standard_exponential(shape))
 
 
 def _sample_shown_sets(rng, problem: TabularProblem, ctx: np.ndarray, k: int, sampler) -> np.ndarray:
     """(N, k) distinct actions per sample, in a random presentation order.
 
-    "uniform": a uniformly random k-subset in uniformly random order, drawn without replacement by
-    the skip method (the t-th draw is uniform on the n − t unused actions) in O(N k²) memory-light
-    steps. "ref": successive sampling without replacement ∝ π_ref (Gumbel top-k on log π_ref).
+    "uniform": a uniformly random k-subset in uniformly random order. When k² ≤ n, k independent
+    uniform draws are kept if distinct and the rows with a repeat are redrawn (accepted with
+    probability ≥ e^{−1/2}; conditioning i.i.d. draws on distinctness is exactly uniform over ordered
+    k-subsets); otherwise the skip method (the t-th draw is uniform on the n − t unused actions),
+    O(N k²). "ref": successive sampling without replacement ∝ π_ref (Gumbel top-k on log π_ref).
     """
     N, n = ctx.shape[0], problem.n_actions
     v.choice("sampler", sampler, MULTI_SAMPLERS)
     if sampler == "ref":
         keys = problem.log_ref[ctx] + _gumbel(rng, (N, n))
         return np.argsort(-keys, axis=1, kind="stable")[:, :k]
+    if k * k <= n:
+        shown = np.empty((N, k), dtype=np.int64)
+        for start in range(0, N, _CHUNK):     # blocks that stay in cache
+            block = rng.integers(0, n, size=(min(N, start + _CHUNK) - start, k))
+            todo = np.arange(block.shape[0])
+            while todo.size:                  # a handful of rounds: each keeps >= 60% of the rows
+                rows = np.sort(block[todo], axis=1)
+                todo = todo[(rows[:, 1:] == rows[:, :-1]).any(axis=1)]
+                block[todo] = rng.integers(0, n, size=(todo.size, k))
+            shown[start:start + block.shape[0]] = block
+        return shown
     shown = np.empty((N, k), dtype=np.int64)
     for t in range(k):                        # a loop over the k positions, not over samples
         x = rng.integers(0, n - t, size=N)
