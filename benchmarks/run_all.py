@@ -60,6 +60,21 @@ def main(argv=None):
     if args.quick:
         return 0 if all(rc == 0 for _, rc, _ in sections) else 1
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results = HERE / "RESULTS.md"
+    if args.only and results.exists():
+        # Rerun of some scripts: replace just their sections, stamped with the rerun's date.
+        text = results.read_text()
+        for stem, rc, out in sections:
+            start = text.find(f"## {stem}\n")
+            if start < 0:
+                continue
+            end = text.find("\n## ", start + 1)
+            end = len(text) if end < 0 else end + 1
+            body = out if rc == 0 else f"FAILED (exit {rc})\n{out}"
+            text = text[:start] + f"## {stem}\n\n(rerun {now})\n\n```\n{body}\n```\n\n" + text[end:]
+        results.write_text(text)
+        print(f"updated {results}")
+        return 0 if all(rc == 0 for _, rc, _ in sections) else 1
     lines = ["# Benchmark results", "", f"- date: {now}", f"- machine: {machine()}",
              f"- versions: {json.dumps(versions())}", "- command: `make bench` (`python benchmarks/run_all.py`)",
              "", "Every ratio is measured in one run on this machine: baseline time / our time.", ""]
