@@ -172,6 +172,7 @@ class SPOObjective(PairwiseObjective):
         self.alpha = as_tensor(alpha).expand(m).clone() if np.ndim(alpha) else \
             torch.full((m,), float(alpha), dtype=DTYPE)                     # (m,)
         self._alpha3 = self.alpha[:, None, None]                            # broadcast over pairs
+        self.convex = not self.has_kl          # −log σ is convex in z; the KL term is not
         # α S with S = W + Wᵀ the shown mass (symmetric): the Laplacian weights before σσ′. Only
         # this one extra (m, n, n) tensor is kept beside W.
         self.S_alpha = (self.W + self.W.transpose(1, 2)).mul_(self._alpha3)

@@ -76,8 +76,9 @@ def _log_odds_system(W: torch.Tensor, complete: bool, rewards=None, weights=None
     else:
         positive = W > 0
         floor = 0.5 * W[positive].min() if bool(positive.any()) else torch.tensor(1.0, dtype=DTYPE)
-        # A one-way pair has an infinite log-odds; half the smallest mass (Haldane-style) keeps it finite.
-        logW = torch.log(torch.clamp(W, min=floor))
+        # A one-way pair has an infinite log-odds; adding half the smallest mass to every compared pair
+        # (Haldane's correction) keeps it finite and shrinks the noisy log-odds of rarely compared pairs.
+        logW = torch.log(W + floor)      # Haldane: half a comparison added to both directions
         L = torch.where(c > 0, logW - logW.transpose(1, 2), 0.0)
     return c, (c * L).sum(dim=2)
 
@@ -187,8 +188,14 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     mass = sub.context_mass()
     floor = tiny + 1e-30 * mass[:, None]
     n_iter = 0
+    # For a convex objective (the preference term alone) a full step whose end slope φ'(1) = ∇L(z+d)·d
+    # is ≤ 0 cannot increase L (convexity: φ(1) ≤ φ(0) + φ'(1)), and the derivatives it needed are the
+    # next iteration's: no objective value, no line search.
+    convex = bool(getattr(sub, "convex", False))
+    pending = None
     for it in range(max_iter + 1):
-        g, H = sub.grad_hess(zs)
+        g, H = sub.grad_hess(zs) if pending is None else pending
+        pending = None
         err = (g.abs() / torch.diagonal(H, dim1=1, dim2=2).abs().clamp(min=floor)).amax(dim=1)
         gmax = g.abs().amax(dim=1)
         err_all[idx], gmax_all[idx] = err, gmax
@@ -206,6 +213,13 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
             floor, mass, done = floor[keep], mass[keep], done[keep]
         d = _newton_direction(g, H)
         d[done] = 0.0
+        if convex:
+            z_try = zs + d
+            g_try, H_try = sub.grad_hess(z_try)
+            if bool(((g_try * d).sum(dim=1) <= 0).all()):
+                stalled_all[idx] |= (d.abs().amax(dim=1) <= 4 * eps * (1.0 + z_try.abs().amax(dim=1))) & ~done
+                zs, fs, pending = z_try, None, (g_try, H_try)
+                continue
         fs = sub.values(zs) if fs is None else fs
         slope = (g * d).sum(dim=1)                                  # < 0: a descent direction
         slack = 1e-13 * (fs.abs() + tiny)                          # round-off allowance near the optimum
