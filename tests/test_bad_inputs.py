@@ -349,13 +349,6 @@ CLI_CASES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one torch thread (the CI's two cores already run two pytest workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_catalogue_holds_at_least_40_distinct_bad_inputs():

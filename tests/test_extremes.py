@@ -27,12 +27,6 @@ WARNING_OF = {"max_iter": ConvergenceWarning, "no_finite_minimizer": NoFiniteMin
               "not_unique": NonUniqueMinimizerWarning}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # =========================================================================== per-sample losses

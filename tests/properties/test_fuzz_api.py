@@ -74,13 +74,6 @@ def check_solve_result(res, caught):
         assert STATUS_WARNING[res.status] in categories, res.message
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one torch thread (the CI's two cores already run two pytest workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- partly invalid values
