@@ -42,6 +42,15 @@ def comparison_graph(beats: np.ndarray) -> GraphReport:
     m, n, _ = beats.shape
     if is_complete(beats):
         return GraphReport.strongly_connected(m)
+    connected = strongly_connected(beats)
+    if connected.all():
+        return GraphReport.strongly_connected(m)
+    if connected.any():          # the exact component analysis only where it is needed
+        sub = comparison_graph(beats[~connected])
+        n_components = np.ones(m, dtype=np.int64)
+        unbounded = np.zeros(m, dtype=bool)
+        n_components[~connected], unbounded[~connected] = sub.n_components, sub.unbounded
+        return GraphReport(n_components=n_components, unbounded=unbounded)
     x, i, j = np.nonzero(beats > 0)
     # One block-diagonal graph over m·n nodes: node x·n + i.
     src, dst = x * n + i, x * n + j
@@ -61,3 +70,24 @@ def is_complete(beats: np.ndarray) -> bool:
     positive = beats > 0 if beats.dtype != bool else beats
     on_diagonal = np.count_nonzero(np.diagonal(positive, axis1=1, axis2=2))
     return np.count_nonzero(positive) - on_diagonal == m * n * (n - 1)
+
+
+def strongly_connected(beats: np.ndarray) -> np.ndarray:
+    """(m,) bool: every action reaches action 0 and is reached from it along beats[x] > 0 edges.
+
+    Batched breadth-first search as boolean matrix-vector products (one per level; dense comparison
+    graphs have a diameter of 2 or 3), far cheaper than building one sparse graph for scipy.
+    """
+    import torch
+    A = torch.from_numpy(np.ascontiguousarray(beats > 0)).to(torch.float32)    # (m, n, n): i -> j
+    m, n, _ = A.shape
+    forward = torch.zeros(m, n, dtype=torch.float32)
+    forward[:, 0] = 1.0
+    backward = forward.clone()
+    for _ in range(n):
+        new_forward = torch.clamp(forward + torch.bmm(forward[:, None, :], A)[:, 0, :], max=1.0)
+        new_backward = torch.clamp(backward + torch.bmm(A, backward[:, :, None])[:, :, 0], max=1.0)
+        if torch.equal(new_forward, forward) and torch.equal(new_backward, backward):
+            break
+        forward, backward = new_forward, new_backward
+    return ((forward > 0).all(dim=1) & (backward > 0).all(dim=1)).numpy()
