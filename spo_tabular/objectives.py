@@ -95,15 +95,17 @@ class PairwiseObjective:
 
     def _kl_grad_hess(self, z: Tensor, need_hess: bool = True, add_to: Tensor | None = None,
                       weight: Tensor | None = None):
+        """(∇KL (m, n), weight·∇²KL (m, n, n) or None, KL (m,)); with `add_to` the Hessian is added into it."""
         # With g = log π − log π_ref and v = g − KL: ∇KL = π⊙v and
         # ∇²KL = diag(π(1+v)) − ππᵀ − (π⊙v)πᵀ − π(π⊙v)ᵀ.
         logp = torch.log_softmax(z, dim=-1)
         p = logp.exp()
         g = logp - self.log_ref
-        vv = g - (p * g).sum(dim=-1, keepdim=True)
+        kl = (p * g).sum(dim=-1)
+        vv = g - kl[:, None]
         pv = p * vv
         if not need_hess:
-            return pv, None
+            return pv, None, kl
         # The three rank-one terms as one batched product: [p, pv] @ [p + pv, p]ᵀ; with `add_to`,
         # weight·∇²KL is accumulated into that tensor in place (one pass, no temporary).
         w = torch.ones(p.shape[0], dtype=p.dtype) if weight is None else weight
@@ -114,7 +116,31 @@ class PairwiseObjective:
         else:
             H = add_to.baddbmm_(U, V.transpose(1, 2), alpha=-1.0)
         H.diagonal(dim1=1, dim2=2).add_(w[:, None] * p * (1.0 + vv))
-        return pv, H
+        return pv, H, kl
+
+    # -- the non-convex part N = β ρ KL, cheap (m, n) work -----------------------------------
+    def nonconvex_values(self, z: Tensor) -> Tensor:
+        """N(z) = β_x ρ_x KL(π_z ‖ π_ref) per context, shape (m,): the part of L that is not convex in z."""
+        if not self.has_kl:
+            return torch.zeros(z.shape[0], dtype=z.dtype)
+        return self.beta * self.context_probs * self.kl(z)
+
+    def split_derivatives(self, z: Tensor, need_hess: bool = True, out=None):
+        """(∇L (m, n), ∇²L (m, n, n) or None, ∇N (m, n), N (m,)): the derivatives with the non-convex part N apart.
+
+        `out`, where the objective supports it (SPOObjective), is a pair of (m, n, n) buffers to work
+        in: the Hessian is returned in out[1], so the solver's iterations allocate no grid.
+        """
+        if need_hess:
+            g, H = self._preference_grad_hess(z) if out is None else self._preference_grad_hess(z, out=out)
+        else:
+            g, H = self.preference_grad(z), None
+        if not self.has_kl:
+            return g, H, torch.zeros_like(z), torch.zeros(z.shape[0], dtype=z.dtype)
+        w = self.beta * self.context_probs
+        gk, H, kl = self._kl_grad_hess(z, need_hess=need_hess, add_to=H, weight=w)
+        gn = w[:, None] * gk
+        return g + gn, H, gn, w * kl
 
     # -- totals ------------------------------------------------------------------------------
     def context_mass(self) -> Tensor:
@@ -134,19 +160,11 @@ class PairwiseObjective:
 
     def grad(self, z: Tensor) -> Tensor:
         """∇L(z), shape (m, n)."""
-        g = self.preference_grad(z)
-        if self.has_kl:
-            g = g + (self.beta * self.context_probs)[:, None] * self._kl_grad_hess(z, need_hess=False)[0]
-        return g
+        return self.split_derivatives(z, need_hess=False)[0]
 
     def grad_hess(self, z: Tensor):
         """(∇L, ∇²L) of shapes (m, n) and (m, n, n)."""
-        g, H = self._preference_grad_hess(z)
-        if self.has_kl:
-            w = self.beta * self.context_probs
-            gk, H = self._kl_grad_hess(z, add_to=H, weight=w)
-            g = g + w[:, None] * gk
-        return g, H
+        return self.split_derivatives(z)[:2]
 
 
 def _laplacian(A: Tensor) -> Tensor:
@@ -173,6 +191,9 @@ class SPOObjective(PairwiseObjective):
             torch.full((m,), float(alpha), dtype=DTYPE)                     # (m,)
         self._alpha3 = self.alpha[:, None, None]                            # broadcast over pairs
         self.convex = not self.has_kl          # −log σ is convex in z; the KL term is not
+        # values = convex preference term + nonconvex_values (cheap): the solver's line search
+        # bounds the first by its end slope and evaluates only the second.
+        self.split_convex = True
         # α S with S = W + Wᵀ the shown mass (symmetric): the Laplacian weights before σσ′. Only
         # this one extra (m, n, n) tensor is kept beside W.
         self.S_alpha = (self.W + self.W.transpose(1, 2)).mul_(self._alpha3)
@@ -196,23 +217,33 @@ class SPOObjective(PairwiseObjective):
                              for k, t in self.__dict__.items()})
         return out
 
-    def preference_values(self, z: Tensor) -> Tensor:
+    def preference_values(self, z: Tensor, out=None) -> Tensor:
         # −(1/α) log σ(αd), with α folded into z first (one pass fewer). Not F.softplus: it
         # returns x itself above its threshold of 20, an error of e^−20 per term.
         az = self.alpha[:, None] * z
-        ls = F.logsigmoid(az[:, :, None] - az[:, None, :])
+        if out is None:
+            ls = F.logsigmoid(az[:, :, None] - az[:, None, :])
+        else:       # in the caller's (m, n, n) buffers: no grid-sized allocation
+            ls = torch.ops.aten.log_sigmoid.out(torch.sub(az[:, :, None], az[:, None, :], out=out[0]), out=out[1])
         return -torch.einsum("xij,xij->x", self.W, ls) / self.alpha
 
-    def _sig(self, z: Tensor) -> Tensor:
+    def values(self, z: Tensor, out=None) -> Tensor:
+        """Per-context objective f_x(z_x), shape (m,); `out` as in split_derivatives."""
+        f = self.preference_values(z, out=out)
+        if self.has_kl:
+            f = f + self.beta * self.context_probs * self.kl(z)
+        return f
+
+    def _sig(self, z: Tensor, out: Tensor | None = None) -> Tensor:
         az = self.alpha[:, None] * z
-        return torch.sigmoid(az[:, None, :] - az[:, :, None])    # s = σ(−α(z_i − z_j))
+        return torch.sub(az[:, None, :], az[:, :, None], out=out).sigmoid_()    # s = σ(−α(z_i − z_j))
 
     def preference_grad(self, z: Tensor) -> Tensor:
         return self.lost - torch.einsum("xij,xij->xi", self.S_alpha, self._sig(z)) / self.alpha[:, None]
 
-    def _preference_grad_hess(self, z: Tensor):
-        s = self._sig(z)
-        Ss = self.S_alpha * s                                       # α S s
+    def _preference_grad_hess(self, z: Tensor, out=None):
+        s = self._sig(z, None if out is None else out[0])
+        Ss = torch.mul(self.S_alpha, s, out=None if out is None else out[1])      # α S s
         g = self.lost - Ss.sum(dim=2) / self.alpha[:, None]
         A = Ss.addcmul_(Ss, s, value=-1.0)                         # α S s (1 − s), symmetric
         return g, _laplacian(A)

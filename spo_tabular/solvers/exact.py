@@ -10,7 +10,10 @@ a rank-one gauge term; an indefinite KL Hessian is handled by Levenberg–Marqua
 from __future__ import annotations
 
 import functools
+import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -113,7 +116,7 @@ def _log_odds_start(c: torch.Tensor, b: torch.Tensor, alpha, ridge: torch.Tensor
     return torch.cholesky_solve(b[..., None], chol)[..., 0] / alpha
 
 
-def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor) -> torch.Tensor:
+def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor, work=None) -> torch.Tensor:
     """Start for β > 0: minimise ½(z−z*)ᵀH*(z−z*) + βρ·[KL(z_m) + ∇KL(z_m)·(z−z_m) + ½(z−z_m)ᵀF_m(z−z_m)].
 
     H* is the preference Hessian at the β = 0 minimiser z*; the KL term is modelled around the
@@ -121,61 +124,145 @@ def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor) -> torch.Tensor
     Exact as β → 0; as β → ∞ it lands one Newton-on-KL step from π_ref. Measured on (256, 64)
     problems it saves one or two Newton iterations over the plain β = 0 start.
     """
-    n = z_star.shape[1]
-    _, H = obj._preference_grad_hess(z_star)
+    _, H = obj._preference_grad_hess(z_star, out=work)
     z_mid = 0.5 * (z_star + obj.log_ref)
     p = torch.softmax(z_mid, dim=-1)
-    w = (obj.beta * obj.context_probs)[:, None, None]
-    Fw = w * (torch.diag_embed(p) - p[:, :, None] * p[:, None, :])
-    g_kl, _ = obj._kl_grad_hess(z_mid, need_hess=False)
-    b = torch.bmm(H, z_star[..., None]) + torch.bmm(Fw, z_mid[..., None]) - (w[:, :, 0] * g_kl)[..., None]
-    system = H + Fw
-    system += torch.diagonal(system, dim1=1, dim2=2).abs().mean(dim=1)[:, None, None] / n   # gauge
-    chol, info = torch.linalg.cholesky_ex(system)
-    if bool((info != 0).any()):
-        return z_star
-    return torch.cholesky_solve(b, chol)[..., 0]
+    w = obj.beta * obj.context_probs
+    wp = w[:, None] * p
+    g_kl = obj._kl_grad_hess(z_mid, need_hess=False)[0]
+    # The right side H*z* + F_m z_m − βρ∇KL(z_m), with F_m z_m = π⊙z_m − π(π·z_m) in O(n).
+    b = torch.bmm(H, z_star[..., None])[..., 0] + wp * (z_mid - (p * z_mid).sum(dim=1, keepdim=True)) \
+        - w[:, None] * g_kl
+    H.baddbmm_(wp[:, :, None], p[:, None, :], alpha=-1.0)      # H* + βρ F_m, in place
+    H.diagonal(dim1=1, dim2=2).add_(wp)
+    return _NewtonFactor(H).solve(-b)
 
 
-def _newton_direction(g: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """Solve (H + gauge) d = −g per context by Cholesky; where H is indefinite use saddle-free Newton.
+_POOL: ThreadPoolExecutor | None = None
 
-    The gauge term (mean |diag H|)·11ᵀ/n removes the null direction 1 (logits are defined up to a
-    constant) without changing d, since g ⟂ 1. Saddle-free Newton replaces each eigenvalue λ by
-    |λ| (floored), so the step still descends and escapes the saddles of the non-convex KL term.
+
+def _reset_pool() -> None:
+    global _POOL
+    _POOL = None      # a forked child has the pool object but none of its threads
+
+
+os.register_at_fork(after_in_child=_reset_pool)
+
+
+def _by_row_blocks(fn: Callable, *tensors: torch.Tensor) -> list:
+    """[fn(*block)] over row blocks of the batch, computed in parallel, one block per torch thread.
+
+    Torch factors a batch of small matrices one after another on a single thread, so a batched
+    Cholesky of (256, 64, 64) leaves the other cores idle; row blocks on a thread pool use them
+    (LAPACK releases the GIL). fn must act on each row independently.
     """
-    m, n = g.shape
-    scale = torch.diagonal(H, dim1=1, dim2=2).abs().mean(dim=1)
-    scale = torch.where(scale > 0, scale, scale.max().clamp(min=torch.finfo(g.dtype).tiny))
-    system = H.add_(scale[:, None, None] / n)            # H is not needed afterwards: in place
-    chol, info = torch.linalg.cholesky_ex(system)
-    # Two triangular solves: faster than cholesky_solve for many small systems.
-    y = torch.linalg.solve_triangular(chol, -g[..., None], upper=False)
-    d = torch.linalg.solve_triangular(chol.mT, y, upper=True)[..., 0]
-    bad = info != 0
-    if bool(bad.any()):
+    global _POOL
+    k = min(torch.get_num_threads(), tensors[0].shape[0] // 32)
+    if k < 2:
+        return [fn(*tensors)]
+    if _POOL is None or _POOL._max_workers < k - 1:
+        _POOL = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="spo_tabular")
+    blocks = list(zip(*(t.chunk(k) for t in tensors)))
+    futures = [_POOL.submit(fn, *block) for block in blocks[1:]]
+    first = fn(*blocks[0])
+    return [first] + [f.result() for f in futures]
+
+
+def _cholesky_block(A: torch.Tensor):
+    """(L, failed): lower Cholesky factors of a batch (k, n, n) and a (k,) bool of the rows that are not PD.
+
+    numpy's batched Cholesky, not torch's: for small matrices torch spends about a third of its time
+    zeroing the upper triangles (a strided tril), and numpy releases the GIL, so row blocks factor in
+    parallel. A block with an indefinite matrix (numpy raises for the whole block) goes to
+    torch.linalg.cholesky_ex, which reports the failing rows.
+    """
+    if A.dtype == torch.float64 and A.device.type == "cpu":
         try:
-            lam, U = torch.linalg.eigh(system[bad])
-            lam = lam.abs().clamp(min=1e-10 * scale[bad, None])
-            coef = (U.transpose(1, 2) @ g[bad][..., None])[..., 0] / lam
-            d[bad] = -(U @ coef[..., None])[..., 0]
-        except torch.linalg.LinAlgError:
-            # Numerically singular beyond repair (e.g. probabilities that underflow): a diagonally
-            # scaled gradient step; the line search keeps it a descent step.
-            diag = torch.diagonal(system[bad], dim1=1, dim2=2).abs().clamp(min=torch.finfo(g.dtype).tiny)
-            d[bad] = -g[bad] / torch.maximum(diag, scale[bad, None])
-    return d - d.mean(dim=1, keepdim=True)
+            return torch.from_numpy(np.linalg.cholesky(A.numpy())), torch.zeros(A.shape[0], dtype=torch.bool)
+        except np.linalg.LinAlgError:
+            pass
+    L, info = torch.linalg.cholesky_ex(A)
+    return L, info != 0
 
 
-def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: int, polish: float = 16.0):
+class _NewtonFactor:
+    """A positive definite stand-in M for the Newton matrix of each context, factored once, solved often.
+
+    M = H + gauge, with the gauge term (mean |diag H|)·11ᵀ/n removing the null direction 1 (logits
+    are defined up to a constant) without changing the step, since g ⟂ 1. Where H is indefinite
+    (the non-convex KL term) M is the saddle-free |H|: each eigenvalue λ replaced by |λ| (floored),
+    so −M⁻¹g is still a descent direction and escapes the saddles. `H` (m, n, n) is consumed. The
+    factors stay in the row blocks they were computed in, and solves run per block.
+    """
+
+    def __init__(self, H: torch.Tensor):
+        n = H.shape[1]
+        scale = torch.diagonal(H, dim1=1, dim2=2).abs().mean(dim=1)
+        scale = torch.where(scale > 0, scale, scale.max().clamp(min=torch.finfo(H.dtype).tiny))
+        system = H.add_(scale[:, None, None] / n)          # H is not needed afterwards: in place
+        blocks = _by_row_blocks(_cholesky_block, system)
+        self.chols = [c for c, _ in blocks]
+        self.sizes = [c.shape[0] for c in self.chols]
+        self.bad = torch.cat([bad for _, bad in blocks])
+        self.eig = None
+        if bool(self.bad.any()):
+            try:
+                lam, U = torch.linalg.eigh(system[self.bad])
+                self.eig = (lam.abs().clamp(min=1e-10 * scale[self.bad, None]), U)
+            except torch.linalg.LinAlgError:
+                # Numerically singular beyond repair (e.g. probabilities that underflow): a diagonally
+                # scaled gradient step; the line search keeps it a descent step.
+                diag = torch.diagonal(system[self.bad], dim1=1, dim2=2).abs()
+                self.eig = (torch.maximum(diag, scale[self.bad, None]).clamp(min=torch.finfo(H.dtype).tiny), None)
+
+    def solve(self, g: torch.Tensor) -> torch.Tensor:
+        """The step d = −M⁻¹ g (m, n), normalised to mean zero per context."""
+        rhs = (-g[..., None]).split(self.sizes)
+        d = torch.cat([_cholesky_solve(L, b) for L, b in zip(self.chols, rhs)])[..., 0]
+        if self.eig is not None:
+            lam, U = self.eig
+            gb = g[self.bad]
+            d[self.bad] = -gb / lam if U is None else -(U @ ((U.mT @ gb[..., None])[..., 0] / lam)[..., None])[..., 0]
+        return d - d.mean(dim=1, keepdim=True)
+
+    def subset(self, keep: torch.Tensor) -> "_NewtonFactor":
+        """The factor of the contexts where `keep` (m,) is True."""
+        out = object.__new__(_NewtonFactor)
+        parts = keep.split(self.sizes)
+        out.chols = [L[k] for L, k in zip(self.chols, parts)]
+        out.sizes = [c.shape[0] for c in out.chols]
+        out.bad, out.eig = self.bad[keep], None
+        if self.eig is not None:
+            kept = keep[self.bad]
+            lam, U = self.eig
+            out.eig = (lam[kept], None if U is None else U[kept])
+        return out
+
+
+def _cholesky_solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x = (L Lᵀ)⁻¹ b by two triangular solves (faster than cholesky_solve for many small systems)."""
+    y = torch.linalg.solve_triangular(L, b, upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True)
+
+
+def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: int, polish: float = 16.0,
+            start=None, work=None):
     """Batched damped Newton until every context's scaled gradient max_i |∂L/∂z_i| / |∂²L/∂z_i²| ≤ tol.
 
     The ratio estimates the remaining error of each logit; a context keeps iterating until it is
     `polish` times below tol (one more quadratic step is cheap and buys margin) or its gradient is
     at round-off level, and counts as converged below tol. Contexts that have converged leave the
     active set (when the objective supports `.subset`), so late iterations only touch the stragglers.
-    A context whose step has shrunk to round-off is stopped where it is. Returns
+    A context whose step has shrunk to round-off is stopped where it is. `start` may pass
+    obj.split_derivatives(z) when the caller already has it. Returns
     (z, ‖∇L‖∞, n_iter, converged, max scaled gradient).
+
+    Step acceptance without objective values, when the objective is a convex term P plus a cheap
+    non-convex N (`obj.split_convex`: the preference term and β·KL): convexity bounds the change of
+    P along a step by its end slope, L(z + d) − L(z) ≤ ∇P(z + d)·d + N(z + d) − N(z), and the
+    derivatives that bound needs are the next iteration's. A context whose bound meets the Armijo
+    condition takes the full step; only the others (few, early on) backtrack on objective values.
+    Objectives without the split backtrack on values throughout.
     """
     eps, tiny = torch.finfo(z.dtype).eps, torch.finfo(z.dtype).tiny
     z = z.clone()
@@ -184,17 +271,18 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     gmax_all = torch.zeros(m, dtype=z.dtype)
     stalled_all = torch.zeros(m, dtype=torch.bool)
     idx = torch.arange(m)                        # contexts of `obj` that `sub` still holds
-    sub, zs, fs = obj, z, None
+    sub, zs = obj, z
     mass = sub.context_mass()
     floor = tiny + 1e-30 * mass[:, None]
     n_iter = 0
-    # For a convex objective (the preference term alone) a full step whose end slope φ'(1) = ∇L(z+d)·d
-    # is ≤ 0 cannot increase L (convexity: φ(1) ≤ φ(0) + φ'(1)), and the derivatives it needed are the
-    # next iteration's: no objective value, no line search.
-    convex = bool(getattr(sub, "convex", False))
-    pending = None
+    split = bool(getattr(obj, "split_convex", False)) and hasattr(obj, "subset")
+    if split and work is None:
+        work = _grid_work(2, m, z.shape[1])
+    pending = start
     for it in range(max_iter + 1):
-        g, H = sub.grad_hess(zs) if pending is None else pending
+        if pending is None:
+            pending = sub.split_derivatives(zs, out=_rows(work, zs)) if split else sub.grad_hess(zs) + (None, None)
+        g, H, gn, fn = pending
         pending = None
         err = (g.abs() / torch.diagonal(H, dim1=1, dim2=2).abs().clamp(min=floor)).amax(dim=1)
         gmax = g.abs().amax(dim=1)
@@ -209,47 +297,85 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
             z[idx[done]] = zs[done]             # retire converged contexts
             keep = ~done
             idx, sub, zs, g, H = idx[keep], sub.subset(keep), zs[keep], g[keep], H[keep]
-            fs = None if fs is None else fs[keep]
             floor, mass, done = floor[keep], mass[keep], done[keep]
-        d = _newton_direction(g, H)
+            if split:
+                fn = fn[keep]
+        d = _NewtonFactor(H).solve(g)
         d[done] = 0.0
-        if convex:
-            z_try = zs + d
-            g_try, H_try = sub.grad_hess(z_try)
-            if bool(((g_try * d).sum(dim=1) <= 0).all()):
-                stalled_all[idx] |= (d.abs().amax(dim=1) <= 4 * eps * (1.0 + z_try.abs().amax(dim=1))) & ~done
-                zs, fs, pending = z_try, None, (g_try, H_try)
-                continue
-        fs = sub.values(zs) if fs is None else fs
         slope = (g * d).sum(dim=1)                                  # < 0: a descent direction
-        slack = 1e-13 * (fs.abs() + tiny)                          # round-off allowance near the optimum
-        t = torch.ones_like(fs)
-        # A step this small is deep in Newton's quadratic region: take it whole, skip the line search.
-        small = bool(d.abs().max() <= 0.05)
-        ok = torch.ones_like(fs, dtype=torch.bool)
-        for _ in range(0 if small else 60):                         # per-context Armijo backtracking
+        # A step this small is deep in Newton's quadratic region: take it whole, no test.
+        small = (d.abs().amax(dim=1) <= 0.05) | done
+        if split:
+            z_new = zs + d
+            pending = sub.split_derivatives(z_new, out=_rows(work, z_new))
+            g_new, _, gn_new, fn_new = pending
+            bound = ((g_new - gn_new) * d).sum(dim=1) + fn_new - fn
+            redo = ~((bound <= 1e-4 * slope) | small)
+            t = torch.ones_like(slope)
+            if bool(redo.any()):
+                part = sub.subset(redo)
+                t[redo] = _backtrack(part, zs[redo], d[redo], slope[redo])
+                z_new[redo] = zs[redo] + t[redo, None] * d[redo]
+                for full, new in zip(pending, part.split_derivatives(z_new[redo])):
+                    full[redo] = new
+        else:
+            t = torch.ones_like(slope) if bool(small.all()) else _backtrack(sub, zs, d, slope, ~small)
             z_new = zs + t[:, None] * d
-            f_new = sub.values(z_new)
-            ok = f_new <= fs + 1e-4 * t * slope + slack
-            if bool(ok.all()):
-                break
-            t = torch.where(ok, t, 0.5 * t)
-        if not bool(ok.all()):
-            # No decrease even after 60 halvings: leave those contexts where they are (stalled).
-            t = torch.where(ok, t, torch.zeros_like(t))
-            z_new = zs + t[:, None] * d
-            f_new = sub.values(z_new)
-        if small:
-            z_new, f_new = zs + d, None
         step = (t[:, None] * d).abs().amax(dim=1)
         stalled_all[idx] |= (step <= 4 * eps * (1.0 + z_new.abs().amax(dim=1))) & ~done
-        zs, fs = z_new, f_new
+        zs = z_new
     if zs is not z:
         z[idx] = zs
     # A stalled context is finished when its gradient is at round-off level for its mass.
     full_mass = obj.context_mass()
     finished = (err_all <= tol) | (gmax_all <= 4 * eps * full_mass) | (stalled_all & (gmax_all <= 1e3 * eps * full_mass))
     return z, float(gmax_all.max()), n_iter, bool(finished.all()), float(err_all.max())
+
+
+_WORK = threading.local()
+_WORK_CACHE_BYTES = 64 * 2**20
+
+
+def _grid_work(k: int, m: int, n: int) -> tuple:
+    """k float64 buffers of shape (m, n, n) for the solver's derivatives, reused from call to call.
+
+    Grid-sized temporaries are the solver's hidden cost: every fresh one is first touched a page at a
+    time (on this project's VMs about 2 µs per 4 KiB page, some 4 ms per (256, 64, 64) grid), and
+    the C allocator hands such blocks back to the system when they are freed. One block per thread is
+    kept (up to 64 MiB, so (256, 64) problems and smaller); bigger ones are allocated per call.
+    """
+    need = k * m * n * n
+    buf = getattr(_WORK, "buf", None)
+    if buf is None or buf.numel() < need:
+        buf = torch.empty(need, dtype=DTYPE)
+        if need * 8 <= _WORK_CACHE_BYTES:
+            _WORK.buf = buf
+    size = m * n * n
+    return tuple(buf[i * size:(i + 1) * size].view(m, n, n) for i in range(k))
+
+
+def _rows(work, z: torch.Tensor):
+    """The leading rows of the work buffers, one per context of z."""
+    return tuple(w[:z.shape[0]] for w in work)
+
+
+def _backtrack(obj, z: torch.Tensor, d: torch.Tensor, slope: torch.Tensor, search=None) -> torch.Tensor:
+    """Per-context Armijo backtracking on objective values: step lengths t (m,) along d from z.
+
+    Contexts outside `search` (m,) bool keep t = 1. After 60 halvings without a decrease a context
+    stays where it is (t = 0: stalled).
+    """
+    f0 = obj.values(z)
+    slack = 1e-13 * (f0.abs() + torch.finfo(z.dtype).tiny)     # round-off allowance near the optimum
+    t = torch.ones_like(f0)
+    ok = torch.zeros_like(f0, dtype=torch.bool) if search is None else ~search
+    for _ in range(60):
+        f_new = obj.values(z + t[:, None] * d)
+        ok = ok | (f_new <= f0 + 1e-4 * t * slope + slack)
+        if bool(ok.all()):
+            return t
+        t = torch.where(ok, t, 0.5 * t)
+    return torch.where(ok, t, torch.zeros_like(t))
 
 
 def _objective_inputs(problem, data, sampler, preference):
@@ -272,9 +398,10 @@ def _objective_inputs(problem, data, sampler, preference):
     return W, W > 0
 
 
-def _result(obj, z, grad_norm, n_iter, converged, status, message) -> SolveResult:
+def _result(obj, z, grad_norm, n_iter, converged, status, message, work=None) -> SolveResult:
     logits = torch.log_softmax(z, dim=-1)
-    return SolveResult(policy=logits.exp().numpy(), logits=logits.numpy(), loss=obj.value(z),
+    loss = obj.value(z) if work is None else float(obj.values(z, out=work).sum())
+    return SolveResult(policy=logits.exp().numpy(), logits=logits.numpy(), loss=loss,
                        grad_norm=grad_norm, n_iter=n_iter, converged=converged, message=message,
                        status=status)
 
@@ -307,17 +434,39 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
     c, b = _log_odds_system(obj.W, complete, problem.rewards if population_bt and positive_mu else None,
                             weights=mu if weights is not None else None)
     z0 = _log_odds_start(c, b, alpha, torch.from_numpy(~graph.unique), equal_weights=equal_weights)
+    start, work = None, _grid_work(2, problem.n_contexts, problem.n_actions)
     if beta > 0:
-        z0 = _kl_quadratic_start(obj, z0)
-        # Where the KL term dominates, log π_ref itself can be the better start: take, per context,
-        # whichever has the lower objective (the KL is not convex in z; a bad start can stall).
-        ref_start = obj.log_ref.expand_as(z0)
-        z0 = torch.where((obj.values(ref_start) < obj.values(z0))[:, None], ref_start, z0)
+        z0, start = _better_start(obj, _kl_quadratic_start(obj, z0, work), obj.log_ref, work)
 
     # With β > 0 the KL term makes every context bounded and strictly determined.
     no_kl = np.full(problem.n_contexts, beta == 0.0)
     return _finish(obj, z0, unbounded=graph.unbounded & no_kl, non_unique=graph.non_unique & no_kl,
-                   tol=tol, max_iter=max_iter, loss="spo")
+                   tol=tol, max_iter=max_iter, loss="spo", start=start, work=work)
+
+
+def _better_start(obj: SPOObjective, z0: torch.Tensor, z1: torch.Tensor, work=None):
+    """Per context, whichever of z0 and z1 (m, n) has the lower objective, with obj.split_derivatives there.
+
+    Where the KL term dominates, log π_ref can be a better start than the preference fit (the KL is
+    not convex in z; a bad start can stall). Convexity of the preference term P decides most contexts
+    without objective values: L(z0) − L(z1) ≤ ∇P(z0)·(z0 − z1) + N(z0) − N(z1) ≤ 0 keeps z0; only the
+    undecided contexts are evaluated. Returns (z, derivatives at z) for the first Newton iteration.
+    """
+    z0, z1 = z0.clone(), z1.expand_as(z0)
+    derivs = obj.split_derivatives(z0, out=work)
+    g, _, gn, fn = derivs
+    bound = ((g - gn) * (z0 - z1)).sum(dim=1) + fn - obj.nonconvex_values(z1)
+    unsure = bound > 0
+    if bool(unsure.any()):
+        part = obj.subset(unsure)
+        rows = unsure.nonzero()[:, 0]
+        swap = part.values(z1[rows]) < part.values(z0[rows])
+        if bool(swap.any()):
+            rows = rows[swap]
+            z0[rows] = z1[rows]
+            for full, new in zip(derivs, part.subset(swap).split_derivatives(z0[rows])):
+                full[rows] = new
+    return z0, derivs
 
 
 # =========================================================================== the loss zoo (SPEC §4–§6)
@@ -356,7 +505,7 @@ def _pair_inputs(problem, data, sampler, preference, weights):
     return W, beats
 
 
-def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss) -> SolveResult:
+def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss, start=None, work=None) -> SolveResult:
     """Newton from z0 with the same reporting as the SPO path: no finite minimiser / not converged / not unique."""
     if unbounded.any():
         bad = np.flatnonzero(unbounded)
@@ -364,22 +513,22 @@ def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss) -> SolveResu
                    "some probabilities run to 0 (the beats graph is not strongly connected); "
                    "add data or a KL term")
         warnings.warn(message, NoFiniteMinimizerWarning, stacklevel=4)
-        return _result(obj, z0, float(obj.grad(z0).abs().max()), 0, False, "no_finite_minimizer", message)
-    z, grad_norm, n_iter, converged, err = _newton(obj, z0, tol=tol, max_iter=max_iter)
+        return _result(obj, z0, float(obj.grad(z0).abs().max()), 0, False, "no_finite_minimizer", message, work)
+    z, grad_norm, n_iter, converged, err = _newton(obj, z0, tol=tol, max_iter=max_iter, start=start, work=work)
     if not converged:
         message = (f"{loss}: stopped after {n_iter} Newton iterations: scaled gradient {err:.3g} > tol={tol:g} "
                    f"(gradient norm {grad_norm:.3g})")
         warnings.warn(message, ConvergenceWarning, stacklevel=4)
-        return _result(obj, z, grad_norm, n_iter, False, "max_iter", message)
+        return _result(obj, z, grad_norm, n_iter, False, "max_iter", message, work)
     if non_unique.any():
         bad = np.flatnonzero(non_unique)
         message = (f"{loss}: minimiser not unique in {bad.size} context(s) (first: {bad[:5].tolist()}): the "
                    "comparison graph is disconnected, so the mass between its components is free; returned one")
         warnings.warn(message, NonUniqueMinimizerWarning, stacklevel=4)
-        return _result(obj, z, grad_norm, n_iter, True, "not_unique", message)
+        return _result(obj, z, grad_norm, n_iter, True, "not_unique", message, work)
     return _result(obj, z, grad_norm, n_iter, True, "converged",
                    f"{loss}: converged in {n_iter} Newton iterations (scaled gradient {err:.2e}, "
-                   f"gradient norm {grad_norm:.2e})")
+                   f"gradient norm {grad_norm:.2e})", work)
 
 
 def _solve_spo_loss(problem, *, data, sampler, preference, tol, max_iter, alpha=None, beta=0.0, weights=None):
