@@ -199,22 +199,30 @@ class SPOObjective(PairwiseObjective):
         self.S_alpha = (self.W + self.W.transpose(1, 2)).mul_(self._alpha3)
         self.lost = self.W.sum(dim=1)                    # (m, n) Σ_j W_ji: mass of losses of i
 
+    # W is needed only for objective values, which the solver rarely asks of a subset: a subset
+    # copies its rows of W on first use (one (m, n, n) copy fewer per retirement of contexts).
+    @property
+    def W(self) -> Tensor:
+        W = self.__dict__["_W"]
+        if W is None:
+            parent, keep = self.__dict__.pop("_W_rows")
+            W = self.__dict__["_W"] = parent.W[keep]
+        return W
+
+    @W.setter
+    def W(self, value: Tensor) -> None:
+        self.__dict__["_W"] = value
+
     def subset(self, keep: Tensor) -> "SPOObjective":
         """The same objective restricted to the contexts where `keep` (m,) is True."""
         out = object.__new__(SPOObjective)
         out.__dict__.update(self.__dict__)
-        for name in ("W", "S_alpha", "lost", "log_ref", "context_probs", "beta", "alpha", "_alpha3"):
+        out.__dict__["_W"], out.__dict__["_W_rows"] = None, (self, keep)
+        for name in ("S_alpha", "lost", "log_ref", "context_probs", "beta", "alpha", "_alpha3"):
             setattr(out, name, getattr(self, name)[keep])
         out.n_contexts = int(keep.sum())
         if self.offset is not None:
             out.offset = self.offset[keep]
-        return out
-
-    def astype(self, dtype: torch.dtype) -> "SPOObjective":
-        """A copy with every tensor in `dtype` (float32 for the solver's cheap coarse phase)."""
-        out = object.__new__(SPOObjective)
-        out.__dict__.update({k: (t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t)
-                             for k, t in self.__dict__.items()})
         return out
 
     def preference_values(self, z: Tensor, out=None) -> Tensor:
@@ -223,8 +231,10 @@ class SPOObjective(PairwiseObjective):
         az = self.alpha[:, None] * z
         if out is None:
             ls = F.logsigmoid(az[:, :, None] - az[:, None, :])
-        else:       # in the caller's (m, n, n) buffers: no grid-sized allocation
-            ls = torch.ops.aten.log_sigmoid.out(torch.sub(az[:, :, None], az[:, None, :], out=out[0]), out=out[1])
+        else:       # in the caller's (m, n, n) buffers, no grid-sized allocation: min(x, 0) − log1p(e^−|x|)
+            x = torch.sub(az[:, :, None], az[:, None, :], out=out[0])
+            tail = torch.abs(x, out=out[1]).neg_().exp_().log1p_()
+            ls = x.clamp_(max=0.0).sub_(tail)
         return -torch.einsum("xij,xij->x", self.W, ls) / self.alpha
 
     def values(self, z: Tensor, out=None) -> Tensor:

@@ -135,7 +135,7 @@ def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor, work=None) -> t
         - w[:, None] * g_kl
     H.baddbmm_(wp[:, :, None], p[:, None, :], alpha=-1.0)      # H* + βρ F_m, in place
     H.diagonal(dim1=1, dim2=2).add_(wp)
-    return _NewtonFactor(H).solve(-b)
+    return _newton_direction(-b, H)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -185,64 +185,40 @@ def _cholesky_block(A: torch.Tensor):
     return L, info != 0
 
 
-class _NewtonFactor:
-    """A positive definite stand-in M for the Newton matrix of each context, factored once, solved often.
+def _newton_direction(g: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """The Newton step d = −M⁻¹g (m, n) for a positive definite stand-in M of each context's H (consumed).
 
     M = H + gauge, with the gauge term (mean |diag H|)·11ᵀ/n removing the null direction 1 (logits
     are defined up to a constant) without changing the step, since g ⟂ 1. Where H is indefinite
     (the non-convex KL term) M is the saddle-free |H|: each eigenvalue λ replaced by |λ| (floored),
-    so −M⁻¹g is still a descent direction and escapes the saddles. `H` (m, n, n) is consumed. The
-    factors stay in the row blocks they were computed in, and solves run per block.
+    so −M⁻¹g is still a descent direction and escapes the saddles. Factor and solve run in
+    parallel row blocks. Returned normalised to mean zero per context.
     """
-
-    def __init__(self, H: torch.Tensor):
-        n = H.shape[1]
-        scale = torch.diagonal(H, dim1=1, dim2=2).abs().mean(dim=1)
-        scale = torch.where(scale > 0, scale, scale.max().clamp(min=torch.finfo(H.dtype).tiny))
-        system = H.add_(scale[:, None, None] / n)          # H is not needed afterwards: in place
-        blocks = _by_row_blocks(_cholesky_block, system)
-        self.chols = [c for c, _ in blocks]
-        self.sizes = [c.shape[0] for c in self.chols]
-        self.bad = torch.cat([bad for _, bad in blocks])
-        self.eig = None
-        if bool(self.bad.any()):
-            try:
-                lam, U = torch.linalg.eigh(system[self.bad])
-                self.eig = (lam.abs().clamp(min=1e-10 * scale[self.bad, None]), U)
-            except torch.linalg.LinAlgError:
-                # Numerically singular beyond repair (e.g. probabilities that underflow): a diagonally
-                # scaled gradient step; the line search keeps it a descent step.
-                diag = torch.diagonal(system[self.bad], dim1=1, dim2=2).abs()
-                self.eig = (torch.maximum(diag, scale[self.bad, None]).clamp(min=torch.finfo(H.dtype).tiny), None)
-
-    def solve(self, g: torch.Tensor) -> torch.Tensor:
-        """The step d = −M⁻¹ g (m, n), normalised to mean zero per context."""
-        rhs = (-g[..., None]).split(self.sizes)
-        d = torch.cat([_cholesky_solve(L, b) for L, b in zip(self.chols, rhs)])[..., 0]
-        if self.eig is not None:
-            lam, U = self.eig
-            gb = g[self.bad]
-            d[self.bad] = -gb / lam if U is None else -(U @ ((U.mT @ gb[..., None])[..., 0] / lam)[..., None])[..., 0]
-        return d - d.mean(dim=1, keepdim=True)
-
-    def subset(self, keep: torch.Tensor) -> "_NewtonFactor":
-        """The factor of the contexts where `keep` (m,) is True."""
-        out = object.__new__(_NewtonFactor)
-        parts = keep.split(self.sizes)
-        out.chols = [L[k] for L, k in zip(self.chols, parts)]
-        out.sizes = [c.shape[0] for c in out.chols]
-        out.bad, out.eig = self.bad[keep], None
-        if self.eig is not None:
-            kept = keep[self.bad]
-            lam, U = self.eig
-            out.eig = (lam[kept], None if U is None else U[kept])
-        return out
+    n = H.shape[1]
+    scale = torch.diagonal(H, dim1=1, dim2=2).abs().mean(dim=1)
+    scale = torch.where(scale > 0, scale, scale.max().clamp(min=torch.finfo(H.dtype).tiny))
+    system = H.add_(scale[:, None, None] / n)          # H is not needed afterwards: in place
+    blocks = _by_row_blocks(_cholesky_step_block, system, g)
+    d = torch.cat([d for d, _ in blocks])
+    bad = torch.cat([bad for _, bad in blocks])
+    if bool(bad.any()):
+        try:
+            lam, U = torch.linalg.eigh(system[bad])
+            lam = lam.abs().clamp(min=1e-10 * scale[bad, None])
+            d[bad] = -(U @ ((U.mT @ g[bad][..., None])[..., 0] / lam)[..., None])[..., 0]
+        except torch.linalg.LinAlgError:
+            # Numerically singular beyond repair (e.g. probabilities that underflow): a diagonally
+            # scaled gradient step; the line search keeps it a descent step.
+            diag = torch.diagonal(system[bad], dim1=1, dim2=2).abs()
+            d[bad] = -g[bad] / torch.maximum(diag, scale[bad, None]).clamp(min=torch.finfo(H.dtype).tiny)
+    return d - d.mean(dim=1, keepdim=True)
 
 
-def _cholesky_solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x = (L Lᵀ)⁻¹ b by two triangular solves (faster than cholesky_solve for many small systems)."""
-    y = torch.linalg.solve_triangular(L, b, upper=False)
-    return torch.linalg.solve_triangular(L.mT, y, upper=True)
+def _cholesky_step_block(A: torch.Tensor, g: torch.Tensor):
+    """(−A⁻¹g (k, n), failed (k,) bool) for a block of symmetric matrices A (k, n, n); failed rows are not PD."""
+    L, bad = _cholesky_block(A)
+    y = torch.linalg.solve_triangular(L, -g[..., None], upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True)[..., 0], bad
 
 
 def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: int, polish: float = 16.0,
@@ -300,24 +276,13 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
             floor, mass, done = floor[keep], mass[keep], done[keep]
             if split:
                 fn = fn[keep]
-        d = _NewtonFactor(H).solve(g)
+        d = _newton_direction(g, H)
         d[done] = 0.0
         slope = (g * d).sum(dim=1)                                  # < 0: a descent direction
         # A step this small is deep in Newton's quadratic region: take it whole, no test.
         small = (d.abs().amax(dim=1) <= 0.05) | done
         if split:
-            z_new = zs + d
-            pending = sub.split_derivatives(z_new, out=_rows(work, z_new))
-            g_new, _, gn_new, fn_new = pending
-            bound = ((g_new - gn_new) * d).sum(dim=1) + fn_new - fn
-            redo = ~((bound <= 1e-4 * slope) | small)
-            t = torch.ones_like(slope)
-            if bool(redo.any()):
-                part = sub.subset(redo)
-                t[redo] = _backtrack(part, zs[redo], d[redo], slope[redo])
-                z_new[redo] = zs[redo] + t[redo, None] * d[redo]
-                for full, new in zip(pending, part.split_derivatives(z_new[redo])):
-                    full[redo] = new
+            z_new, pending, t = _split_step(sub, zs, d, slope, fn, small, work)
         else:
             t = torch.ones_like(slope) if bool(small.all()) else _backtrack(sub, zs, d, slope, ~small)
             z_new = zs + t[:, None] * d
@@ -334,6 +299,26 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
 
 _WORK = threading.local()
 _WORK_CACHE_BYTES = 64 * 2**20
+
+
+def _split_step(obj, z, d, slope, fn, small, work):
+    """z + t·d with t = 1 where the convexity bound meets Armijo (or `small`), else backtracked: (z', derivatives at z', t).
+
+    fn (m,) is the non-convex part N(z); `work` holds the (m, n, n) buffers the derivatives go to.
+    """
+    z_new = z + d
+    derivs = obj.split_derivatives(z_new, out=_rows(work, z_new))
+    g_new, _, gn_new, fn_new = derivs
+    bound = ((g_new - gn_new) * d).sum(dim=1) + fn_new - fn
+    redo = ~((bound <= 1e-4 * slope) | small)
+    t = torch.ones_like(slope)
+    if bool(redo.any()):
+        part = obj.subset(redo)
+        t[redo] = _backtrack(part, z[redo], d[redo], slope[redo])
+        z_new[redo] = z[redo] + t[redo, None] * d[redo]
+        for full, new in zip(derivs, part.split_derivatives(z_new[redo])):
+            full[redo] = new
+    return z_new, derivs, t
 
 
 def _grid_work(k: int, m: int, n: int) -> tuple:
