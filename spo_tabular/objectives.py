@@ -213,6 +213,17 @@ class SPOObjective(PairwiseObjective):
     def W(self, value: Tensor) -> None:
         self.__dict__["_W"] = value
 
+    def rows(self, start: int, stop: int) -> "SPOObjective":
+        """The same objective on contexts start..stop−1, sharing this one's memory (views, no copies)."""
+        out = object.__new__(SPOObjective)
+        out.__dict__.update(self.__dict__)
+        for name in ("_W", "S_alpha", "lost", "log_ref", "context_probs", "beta", "alpha", "_alpha3"):
+            setattr(out, name, self.W[start:stop] if name == "_W" else getattr(self, name)[start:stop])
+        out.n_contexts = stop - start
+        if self.offset is not None:
+            out.offset = self.offset[start:stop]
+        return out
+
     def subset(self, keep: Tensor) -> "SPOObjective":
         """The same objective restricted to the contexts where `keep` (m,) is True."""
         out = object.__new__(SPOObjective)

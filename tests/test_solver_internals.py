@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spo_tabular import make_problem, pair_mass, solve_exact
+from spo_tabular import make_problem, pair_mass, sample_pairs, solve_exact
 from spo_tabular.objectives import SPOObjective
 from spo_tabular.solvers import exact as ex
 
@@ -176,3 +176,31 @@ def test_row_block_pool_survives_fork(two_threads):
             child.kill()
     assert child.exitcode == 0
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("beta, data", [(0.3, False), (0.0, True)])
+def test_solve_in_parallel_row_blocks_matches_one_thread(two_threads, beta, data):
+    # At two torch threads the contexts are solved in two blocks on the pool (start and Newton per
+    # block); at one thread in one piece. Same minimiser, same status.
+    p = make_problem(80, 9, seed=11, ref="dirichlet", reward_scale=0.5)
+    kw = {"data": sample_pairs(p, 200_000, seed=1)} if data else {}
+    assert ex._n_blocks(p.n_contexts) == 2
+    blocks = solve_exact(p, alpha=0.8, beta=beta, **kw)
+    torch.set_num_threads(1)
+    one = solve_exact(p, alpha=0.8, beta=beta, **kw)
+    assert blocks.status == one.status == "converged"
+    np.testing.assert_allclose(blocks.logits, one.logits, rtol=0, atol=1e-12)
+    assert abs(blocks.loss - one.loss) <= 1e-14 * abs(one.loss)
+
+
+def test_pool_workers_run_torch_at_one_thread_and_leave_the_default_alone(two_threads):
+    pool = ex._pool(2)
+    assert {f.result() for f in [pool.submit(torch.get_num_threads) for _ in range(6)]} == {1}
+    assert torch.get_num_threads() == 2
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert seen == [2]                     # threads started later still get the caller's setting
+    assert ex._n_blocks(10_000) == 2
+    assert pool.submit(ex._n_blocks, 10_000).result() == 1    # no nested splitting inside a worker

@@ -139,6 +139,7 @@ def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor, work=None) -> t
 
 
 _POOL: ThreadPoolExecutor | None = None
+_WORKER = threading.local()
 
 
 def _reset_pool() -> None:
@@ -149,6 +150,38 @@ def _reset_pool() -> None:
 os.register_at_fork(after_in_child=_reset_pool)
 
 
+def _pool(k: int) -> ThreadPoolExecutor:
+    """The solver's k worker threads, each running torch at one intra-op thread (the blocks are the parallelism)."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < k:
+        threads = torch.get_num_threads()
+        barrier = threading.Barrier(k + 1)
+        pool = ThreadPoolExecutor(max_workers=k, thread_name_prefix="spo_tabular", initializer=_init_worker)
+        for _ in range(k):          # start all k workers now, each with its own one-thread setting
+            pool.submit(barrier.wait)
+        barrier.wait()
+        # torch.set_num_threads in a worker also changed the default that threads started later
+        # inherit; the caller's own setting is untouched. Put the default back.
+        torch.set_num_threads(threads)
+        if _POOL is not None:
+            _POOL.shutdown(wait=False)
+        _POOL = pool
+    return _POOL
+
+
+def _init_worker() -> None:
+    _WORKER.active = True           # a worker never splits its own work again (no nested pool use)
+    torch.get_num_threads()         # torch's per-thread setup first (it would reread the default later)
+    torch.set_num_threads(1)
+
+
+def _n_blocks(rows: int, min_rows: int = 32) -> int:
+    """How many row blocks to split `rows` contexts into: one per torch thread, at least min_rows each."""
+    if getattr(_WORKER, "active", False):
+        return 1
+    return min(torch.get_num_threads(), rows // min_rows)
+
+
 def _by_row_blocks(fn: Callable, *tensors: torch.Tensor) -> list:
     """[fn(*block)] over row blocks of the batch, computed in parallel, one block per torch thread.
 
@@ -156,33 +189,32 @@ def _by_row_blocks(fn: Callable, *tensors: torch.Tensor) -> list:
     Cholesky of (256, 64, 64) leaves the other cores idle; row blocks on a thread pool use them
     (LAPACK releases the GIL). fn must act on each row independently.
     """
-    global _POOL
-    k = min(torch.get_num_threads(), tensors[0].shape[0] // 32)
+    k = _n_blocks(tensors[0].shape[0])
     if k < 2:
         return [fn(*tensors)]
-    if _POOL is None or _POOL._max_workers < k - 1:
-        _POOL = ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="spo_tabular")
     blocks = list(zip(*(t.chunk(k) for t in tensors)))
-    futures = [_POOL.submit(fn, *block) for block in blocks[1:]]
+    futures = [_pool(k).submit(fn, *block) for block in blocks[1:]]
     first = fn(*blocks[0])
     return [first] + [f.result() for f in futures]
 
 
-def _cholesky_block(A: torch.Tensor):
-    """(L, failed): lower Cholesky factors of a batch (k, n, n) and a (k,) bool of the rows that are not PD.
+def _newton_in_blocks(obj: SPOObjective, z0: torch.Tensor, solve: Callable):
+    """solve(obj_rows, z0_rows) -> _newton's tuple, on row blocks of the contexts in parallel, merged.
 
-    numpy's batched Cholesky, not torch's: for small matrices torch spends about a third of its time
-    zeroing the upper triangles (a strided tril), and numpy releases the GIL, so row blocks factor in
-    parallel. A block with an indefinite matrix (numpy raises for the whole block) goes to
-    torch.linalg.cholesky_ex, which reports the failing rows.
+    Contexts are independent, so each block is a whole solve of its own (start and Newton) on one
+    worker thread at one torch thread: Python overhead, small ops and LAPACK all run in parallel,
+    where torch's intra-op threads would only share the large elementwise passes.
     """
-    if A.dtype == torch.float64 and A.device.type == "cpu":
-        try:
-            return torch.from_numpy(np.linalg.cholesky(A.numpy())), torch.zeros(A.shape[0], dtype=torch.bool)
-        except np.linalg.LinAlgError:
-            pass
-    L, info = torch.linalg.cholesky_ex(A)
-    return L, info != 0
+    m = z0.shape[0]
+    k = _n_blocks(m)
+    if k < 2:
+        return solve(obj, z0)
+    bounds = np.linspace(0, m, k + 1).astype(int)
+    pool = _pool(k)
+    futures = [pool.submit(solve, obj.rows(a, b), z0[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [f.result() for f in futures]
+    return (torch.cat([p[0] for p in parts]), max(p[1] for p in parts), max(p[2] for p in parts),
+            all(p[3] for p in parts), max(p[4] for p in parts))
 
 
 def _newton_direction(g: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -212,6 +244,23 @@ def _newton_direction(g: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
             diag = torch.diagonal(system[bad], dim1=1, dim2=2).abs()
             d[bad] = -g[bad] / torch.maximum(diag, scale[bad, None]).clamp(min=torch.finfo(H.dtype).tiny)
     return d - d.mean(dim=1, keepdim=True)
+
+
+def _cholesky_block(A: torch.Tensor):
+    """(L, failed): lower Cholesky factors of a batch (k, n, n) and a (k,) bool of the rows that are not PD.
+
+    numpy's batched Cholesky, not torch's: for small matrices torch spends about a third of its time
+    zeroing the upper triangles (a strided tril), and numpy releases the GIL, so row blocks factor in
+    parallel. A block with an indefinite matrix (numpy raises for the whole block) goes to
+    torch.linalg.cholesky_ex, which reports the failing rows.
+    """
+    if A.dtype == torch.float64 and A.device.type == "cpu":
+        try:
+            return torch.from_numpy(np.linalg.cholesky(A.numpy())), torch.zeros(A.shape[0], dtype=torch.bool)
+        except np.linalg.LinAlgError:
+            pass
+    L, info = torch.linalg.cholesky_ex(A)
+    return L, info != 0
 
 
 def _cholesky_step_block(A: torch.Tensor, g: torch.Tensor):
@@ -419,14 +468,20 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
     c, b = _log_odds_system(obj.W, complete, problem.rewards if population_bt and positive_mu else None,
                             weights=mu if weights is not None else None)
     z0 = _log_odds_start(c, b, alpha, torch.from_numpy(~graph.unique), equal_weights=equal_weights)
-    start, work = None, _grid_work(2, problem.n_contexts, problem.n_actions)
-    if beta > 0:
-        z0, start = _better_start(obj, _kl_quadratic_start(obj, z0, work), obj.log_ref, work)
+    exact_start = beta == 0.0 and population_bt and positive_mu
+
+    def solve(o: SPOObjective, z: torch.Tensor):
+        work, start = _grid_work(2, *z.shape), None
+        if beta > 0:
+            z, start = _better_start(o, _kl_quadratic_start(o, z, work), o.log_ref, work)
+        return _newton(o, z, tol=tol, max_iter=max_iter, start=start, work=work)
 
     # With β > 0 the KL term makes every context bounded and strictly determined.
     no_kl = np.full(problem.n_contexts, beta == 0.0)
     return _finish(obj, z0, unbounded=graph.unbounded & no_kl, non_unique=graph.non_unique & no_kl,
-                   tol=tol, max_iter=max_iter, loss="spo", start=start, work=work)
+                   tol=tol, max_iter=max_iter, loss="spo",
+                   # where the start is exact (β = 0, Bradley–Terry mass) one pass confirms it: no blocks
+                   solve=lambda: solve(obj, z0) if exact_start else _newton_in_blocks(obj, z0, solve))
 
 
 def _better_start(obj: SPOObjective, z0: torch.Tensor, z1: torch.Tensor, work=None):
@@ -490,8 +545,11 @@ def _pair_inputs(problem, data, sampler, preference, weights):
     return W, beats
 
 
-def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss, start=None, work=None) -> SolveResult:
-    """Newton from z0 with the same reporting as the SPO path: no finite minimiser / not converged / not unique."""
+def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss, solve=None) -> SolveResult:
+    """Newton from z0 (or `solve()`, returning _newton's tuple) with the SPO path's reporting: no finite
+    minimiser / not converged / not unique."""
+    # The objective value needs two grid-sized buffers: the cached ones, for an SPO objective.
+    work = _grid_work(2, *z0.shape) if isinstance(obj, SPOObjective) else None
     if unbounded.any():
         bad = np.flatnonzero(unbounded)
         message = (f"{loss}: no finite minimiser in {bad.size} context(s) (first: {bad[:5].tolist()}): "
@@ -499,7 +557,8 @@ def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss, start=None, 
                    "add data or a KL term")
         warnings.warn(message, NoFiniteMinimizerWarning, stacklevel=4)
         return _result(obj, z0, float(obj.grad(z0).abs().max()), 0, False, "no_finite_minimizer", message, work)
-    z, grad_norm, n_iter, converged, err = _newton(obj, z0, tol=tol, max_iter=max_iter, start=start, work=work)
+    z, grad_norm, n_iter, converged, err = \
+        _newton(obj, z0, tol=tol, max_iter=max_iter) if solve is None else solve()
     if not converged:
         message = (f"{loss}: stopped after {n_iter} Newton iterations: scaled gradient {err:.3g} > tol={tol:g} "
                    f"(gradient norm {grad_norm:.3g})")
