@@ -1,11 +1,14 @@
 """Deterministic solver for the exact tabular objective, to machine precision (SPEC §5).
 
-Batched damped Newton over contexts (they are independent): per iteration one pass over W for
-the gradient and the Laplacian Hessian, a batched Cholesky solve (m systems of size n) and a
-per-context Armijo backtracking line search. The start is the weighted log-odds least-squares
-fit, which is already exact for consistent Bradley–Terry mass; Newton then converges
-quadratically. The constant direction (logits are defined up to a per-context shift) is fixed by
-a rank-one gauge term; an indefinite KL Hessian is handled by Levenberg–Marquardt damping.
+Batched damped Newton over contexts (they are independent): per iteration one pass over the pair
+grid for the gradient and the Laplacian Hessian and a batched Cholesky solve (m systems of size n).
+For SPO a step is accepted without objective values: the preference term is convex, so its change
+along a step is bounded by its end slope, and only the cheap KL term is evaluated (per-context
+Armijo backtracking on values remains the fallback). The start is the weighted log-odds
+least-squares fit, which is already exact for consistent Bradley–Terry mass; Newton then converges
+quadratically. The constant direction (logits are defined up to a per-context shift) is fixed by a
+rank-one gauge term; an indefinite KL Hessian gets saddle-free Newton. Row blocks of contexts are
+solved in parallel on a small thread pool, and derivatives are computed in reused buffers.
 """
 from __future__ import annotations
 
@@ -77,8 +80,8 @@ def _log_odds_system(W: torch.Tensor, complete: bool, rewards=None, weights=None
         L = logW - logW.transpose(1, 2)
         L.diagonal(dim1=1, dim2=2).zero_()                   # −inf − (−inf) on the diagonal
     else:
-        positive = W > 0
-        floor = 0.5 * W[positive].min() if bool(positive.any()) else torch.tensor(1.0, dtype=DTYPE)
+        smallest = torch.where(W > 0, W, torch.inf).amin()    # no boolean-mask gather: one pass
+        floor = 0.5 * smallest if bool(torch.isfinite(smallest)) else torch.tensor(1.0, dtype=DTYPE)
         # A one-way pair has an infinite log-odds; adding half the smallest mass to every compared pair
         # (Haldane's correction) keeps it finite and shrinks the noisy log-odds of rarely compared pairs.
         logW = torch.log(W + floor)      # Haldane: half a comparison added to both directions
