@@ -190,9 +190,8 @@ class SPOObjective(PairwiseObjective):
         self.alpha = as_tensor(alpha).expand(m).clone() if np.ndim(alpha) else \
             torch.full((m,), float(alpha), dtype=DTYPE)                     # (m,)
         self._alpha3 = self.alpha[:, None, None]                            # broadcast over pairs
-        self.convex = not self.has_kl          # −log σ is convex in z; the KL term is not
-        # values = convex preference term + nonconvex_values (cheap): the solver's line search
-        # bounds the first by its end slope and evaluates only the second.
+        # values = convex preference term (−log σ is convex in z) + nonconvex_values (β·KL, cheap):
+        # the solver bounds the first by its end slope along a step and evaluates only the second.
         self.split_convex = True
         # α S with S = W + Wᵀ the shown mass (symmetric): the Laplacian weights before σσ′. Only
         # this one extra (m, n, n) tensor is kept beside W.
