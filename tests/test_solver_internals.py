@@ -75,8 +75,8 @@ def test_values_in_buffers_match_logsigmoid(scale):
 
 
 def test_direction_in_row_blocks_equals_one_block(two_threads):
-    obj = objective(96, 12, seed=5, beta=0.3)
-    z = torch.randn(96, 12, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    obj = objective(300, 12, seed=5, beta=0.3)
+    z = torch.randn(300, 12, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     g, H = obj.grad_hess(z)
     assert len(ex._by_row_blocks(lambda a: a, H)) == 2            # really split at two threads
     d_blocks = ex._newton_direction(g, H.clone())
@@ -89,7 +89,7 @@ def test_indefinite_rows_fall_back_to_saddle_free_newton(two_threads):
     # Rows whose matrix is not positive definite (numpy raises for its whole block) get |H|⁻¹:
     # still a descent direction; the positive definite rows keep their exact Newton step.
     gen = torch.Generator().manual_seed(7)
-    m, n = 80, 6
+    m, n = 300, 6
     B = torch.randn(m, n, n, generator=gen, dtype=torch.float64)
     H = B @ B.mT + n * torch.eye(n, dtype=torch.float64)
     H[5] = torch.diag(torch.tensor([3.0, -2.0, 1.0, 4.0, -1.0, 2.0], dtype=torch.float64))
@@ -182,8 +182,8 @@ def test_row_block_pool_survives_fork(two_threads):
 def test_solve_in_parallel_row_blocks_matches_one_thread(two_threads, beta, data):
     # At two torch threads the contexts are solved in two blocks on the pool (start and Newton per
     # block); at one thread in one piece. Same minimiser, same status.
-    p = make_problem(80, 9, seed=11, ref="dirichlet", reward_scale=0.5)
-    kw = {"data": sample_pairs(p, 200_000, seed=1)} if data else {}
+    p = make_problem(300, 9, seed=11, ref="dirichlet", reward_scale=0.5)
+    kw = {"data": sample_pairs(p, 400_000, seed=1)} if data else {}
     assert ex._n_blocks(p.n_contexts) == 2
     blocks = solve_exact(p, alpha=0.8, beta=beta, **kw)
     torch.set_num_threads(1)

@@ -60,13 +60,18 @@ class SolveResult:
     history: object = field(default=None, repr=False)  # optional per-step DataFrame (SGD)
 
 
-def _log_odds_system(W: torch.Tensor, complete: bool, rewards=None, weights=None):
+def _log_odds_system(W: torch.Tensor, complete: bool, rewards=None, weights=None, c=None, out=None):
     """Shown mass c = W + Wᵀ (m, n, n) and b_i = Σ_j c_ij log(W_ij / W_ji) (m, n) of the log-odds fit.
 
     With `rewards` (population Bradley–Terry) the log-odds are r_i − r_j exactly, so
     b = deg ⊙ r − c r needs no logarithm and survives W underflowing to 0 for huge reward gaps.
+    `c` may pass W + Wᵀ when the caller has it (it is returned, and consumed by _log_odds_start);
+    `out` two (m, n, n) buffers to work in: a fresh grid-sized temporary costs more than the pass
+    that fills it.
     """
-    c = W + W.transpose(1, 2)                                # shown mass of the pair, symmetric
+    buf0, buf1 = (None, None) if out is None else out
+    if c is None:
+        c = torch.add(W, W.transpose(1, 2), out=buf0)            # shown mass of the pair, symmetric
     if rewards is not None:
         r = torch.tensor(np.asarray(rewards, dtype=np.float64))   # (m, n), a copy: rewards are read-only
         b = c.sum(dim=2) * r - torch.bmm(c, r[..., None])[..., 0]
@@ -76,17 +81,20 @@ def _log_odds_system(W: torch.Tensor, complete: bool, rewards=None, weights=None
             b = b + (c * (log_mu - log_mu.transpose(1, 2))).sum(dim=2)
         return c, b
     if complete and bool((W > 0).sum() == W.shape[0] * W.shape[1] * (W.shape[1] - 1)):
-        logW = torch.log(W)
-        L = logW - logW.transpose(1, 2)
-        L.diagonal(dim1=1, dim2=2).zero_()                   # −inf − (−inf) on the diagonal
+        X = torch.log(W, out=buf1)
+        X.diagonal(dim1=1, dim2=2).zero_()                  # log 0 on the diagonal, where c = 0
     else:
-        smallest = torch.where(W > 0, W, torch.inf).amin()    # no boolean-mask gather: one pass
-        floor = 0.5 * smallest if bool(torch.isfinite(smallest)) else torch.tensor(1.0, dtype=DTYPE)
-        # A one-way pair has an infinite log-odds; adding half the smallest mass to every compared pair
-        # (Haldane's correction) keeps it finite and shrinks the noisy log-odds of rarely compared pairs.
-        logW = torch.log(W + floor)      # Haldane: half a comparison added to both directions
-        L = torch.where(c > 0, logW - logW.transpose(1, 2), 0.0)
-    return c, (c * L).sum(dim=2)
+        # A one-way pair has an infinite log-odds; adding half the context's smallest mass to every
+        # pair (Haldane's correction: half a comparison both ways) keeps it finite and shrinks the
+        # noisy log-odds of rarely compared pairs. A pair never shown keeps log-odds 0 (c = 0).
+        X = torch.where(W > 0, W, torch.tensor(torch.inf, dtype=W.dtype), out=buf1)   # no boolean gather
+        smallest = X.amin(dim=(1, 2))                        # (m,) smallest positive mass per context
+        floor = torch.where(torch.isfinite(smallest), 0.5 * smallest, 1.0)
+        X = torch.add(W, floor[:, None, None], out=X).log_()
+    # b_i = Σ_j c_ij (log W_ij − log W_ji) = row sums − column sums of c ⊙ log W (c is symmetric):
+    # no transposed elementwise pass.
+    X.mul_(c)
+    return c, X.sum(dim=2) - X.sum(dim=1)
 
 
 def _log_odds_fit(W: torch.Tensor, alpha, ridge: torch.Tensor) -> torch.Tensor:
@@ -113,10 +121,10 @@ def _log_odds_start(c: torch.Tensor, b: torch.Tensor, alpha, ridge: torch.Tensor
     system = _laplacian(c)                                   # consumes c
     system += scale[:, None, None] / n                       # gauge: fixes the mean logit
     system.diagonal(dim1=1, dim2=2).add_((1e-10 * scale * ridge)[:, None])
-    chol, info = torch.linalg.cholesky_ex(system)
-    if bool((info != 0).any()):   # only a badly scaled graph gets here
+    u, bad = _cholesky_step_block(system, -b)
+    if bool(bad.any()):   # only a badly scaled graph gets here
         return torch.linalg.lstsq(system, b[..., None]).solution[..., 0] / alpha
-    return torch.cholesky_solve(b[..., None], chol)[..., 0] / alpha
+    return u / alpha
 
 
 def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor, work=None) -> torch.Tensor:
@@ -178,8 +186,13 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _n_blocks(rows: int, min_rows: int = 32) -> int:
-    """How many row blocks to split `rows` contexts into: one per torch thread, at least min_rows each."""
+def _n_blocks(rows: int, min_rows: int = 128) -> int:
+    """How many row blocks to split `rows` contexts into: one per torch thread, at least min_rows each.
+
+    Below about 128 rows a block loses to one piece at torch's own threads (measured on 2 cores: a
+    64-context solve in two blocks of 32 took 1.5–1.8× as long): the Python overhead between the
+    small ops of two blocks serialises on the GIL, and the blocks' ops are too short to cover it.
+    """
     if getattr(_WORKER, "active", False):
         return 1
     return min(torch.get_num_threads(), rows // min_rows)
@@ -201,23 +214,24 @@ def _by_row_blocks(fn: Callable, *tensors: torch.Tensor) -> list:
     return [first] + [f.result() for f in futures]
 
 
-def _newton_in_blocks(obj: SPOObjective, z0: torch.Tensor, solve: Callable):
-    """solve(obj_rows, z0_rows) -> _newton's tuple, on row blocks of the contexts in parallel, merged.
+def _newton_in_blocks(obj: SPOObjective, solve: Callable):
+    """solve(obj_rows, rows: slice) -> (z, ‖∇L‖∞, n_iter, converged, err, values) on row blocks of the contexts in parallel, merged.
 
-    Contexts are independent, so each block is a whole solve of its own (start and Newton) on one
-    worker thread at one torch thread: Python overhead, small ops and LAPACK all run in parallel,
-    where torch's intra-op threads would only share the large elementwise passes.
+    Contexts are independent, so each block is a whole solve of its own (start, Newton and the final
+    objective values) on one worker thread at one torch thread: Python overhead, small ops and
+    LAPACK all run in parallel, where torch's intra-op threads would only share the large
+    elementwise passes.
     """
-    m = z0.shape[0]
+    m = obj.n_contexts
     k = _n_blocks(m)
     if k < 2:
-        return solve(obj, z0)
-    bounds = np.linspace(0, m, k + 1).astype(int)
+        return solve(obj, slice(None))
+    bounds = np.linspace(0, m, k + 1).astype(int).tolist()
     pool = _pool(k)
-    futures = [pool.submit(solve, obj.rows(a, b), z0[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    futures = [pool.submit(solve, obj.rows(a, b), slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
     parts = [f.result() for f in futures]
     return (torch.cat([p[0] for p in parts]), max(p[1] for p in parts), max(p[2] for p in parts),
-            all(p[3] for p in parts), max(p[4] for p in parts))
+            all(p[3] for p in parts), max(p[4] for p in parts), torch.cat([p[5] for p in parts]))
 
 
 def _newton_direction(g: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -435,9 +449,13 @@ def _objective_inputs(problem, data, sampler, preference):
     return W, W > 0
 
 
-def _result(obj, z, grad_norm, n_iter, converged, status, message, work=None) -> SolveResult:
+def _result(obj, z, grad_norm, n_iter, converged, status, message, work=None, values=None) -> SolveResult:
+    """The SolveResult at z; `values` (m,) are the per-context objective values there when the caller has them."""
     logits = torch.log_softmax(z, dim=-1)
-    loss = obj.value(z) if work is None else float(obj.values(z, out=work).sum())
+    if values is not None:
+        loss = float(values.sum())
+    else:
+        loss = obj.value(z) if work is None else float(obj.values(z, out=work).sum())
     return SolveResult(policy=logits.exp().numpy(), logits=logits.numpy(), loss=loss,
                        grad_norm=grad_norm, n_iter=n_iter, converged=converged, message=message,
                        status=status)
@@ -454,6 +472,7 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
     tol = v.positive_float("tol", tol)
     max_iter = v.positive_int("max_iter", max_iter)
     W, beats = _objective_inputs(problem, data, sampler, preference)
+    mu = None
     if weights is not None:
         mu = v.float_array("weights", weights, shape=W.shape)
         if np.any(mu < 0):
@@ -468,23 +487,30 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
     # μ > 0 off the diagonal keeps every log-odds finite: the start stays exact for the BT expert.
     positive_mu = weights is None or bool(np.all(mu[:, ~np.eye(problem.n_actions, dtype=bool)] > 0))
     equal_weights = population_bt and weights is None and isinstance(sampler, str) and sampler == "uniform"
-    c, b = _log_odds_system(obj.W, complete, problem.rewards if population_bt and positive_mu else None,
-                            weights=mu if weights is not None else None)
-    z0 = _log_odds_start(c, b, alpha, torch.from_numpy(~graph.unique), equal_weights=equal_weights)
+    rewards = problem.rewards if population_bt and positive_mu else None
+    ridge = torch.from_numpy(~graph.unique)
     exact_start = beta == 0.0 and population_bt and positive_mu
 
-    def solve(o: SPOObjective, z: torch.Tensor):
-        work, start = _grid_work(2, *z.shape), None
+    def start(o: SPOObjective, rows: slice, work=None) -> torch.Tensor:
+        c, b = _log_odds_system(o.W, complete, None if rewards is None else rewards[rows],
+                                weights=None if mu is None else mu[rows], out=work,
+                                c=torch.div(o.S_alpha, alpha, out=None if work is None else work[0]))
+        return _log_odds_start(c, b, alpha, ridge[rows], equal_weights=equal_weights)
+
+    def solve(o: SPOObjective, rows: slice):
+        work, first = _grid_work(2, o.n_contexts, o.n_actions), None
+        z = start(o, rows, work)
         if beta > 0:
-            z, start = _better_start(o, _kl_quadratic_start(o, z, work), o.log_ref, work)
-        return _newton(o, z, tol=tol, max_iter=max_iter, start=start, work=work)
+            z, first = _better_start(o, _kl_quadratic_start(o, z, work), o.log_ref, work)
+        z, *report = _newton(o, z, tol=tol, max_iter=max_iter, start=first, work=work)
+        return (z, *report, o.values(z, out=work))      # with the per-context loss, computed here in parallel
 
     # With β > 0 the KL term makes every context bounded and strictly determined.
     no_kl = np.full(problem.n_contexts, beta == 0.0)
-    return _finish(obj, z0, unbounded=graph.unbounded & no_kl, non_unique=graph.non_unique & no_kl,
-                   tol=tol, max_iter=max_iter, loss="spo",
+    return _finish(obj, lambda: start(obj, slice(None)), unbounded=graph.unbounded & no_kl,
+                   non_unique=graph.non_unique & no_kl, tol=tol, max_iter=max_iter, loss="spo",
                    # where the start is exact (β = 0, Bradley–Terry mass) one pass confirms it: no blocks
-                   solve=lambda: solve(obj, z0) if exact_start else _newton_in_blocks(obj, z0, solve))
+                   solve=lambda: solve(obj, slice(None)) if exact_start else _newton_in_blocks(obj, solve))
 
 
 def _better_start(obj: SPOObjective, z0: torch.Tensor, z1: torch.Tensor, work=None):
@@ -549,33 +575,41 @@ def _pair_inputs(problem, data, sampler, preference, weights):
 
 
 def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss, solve=None) -> SolveResult:
-    """Newton from z0 (or `solve()`, returning _newton's tuple) with the SPO path's reporting: no finite
-    minimiser / not converged / not unique."""
+    """Newton from z0 (a tensor, or a callable making it) or `solve()`, with the SPO path's reporting: no
+    finite minimiser / not converged / not unique.
+
+    `solve()` returns _newton's tuple, optionally followed by the per-context objective values at z.
+    """
     # The objective value needs two grid-sized buffers: the cached ones, for an SPO objective.
-    work = _grid_work(2, *z0.shape) if isinstance(obj, SPOObjective) else None
+    work = _grid_work(2, obj.n_contexts, obj.n_actions) if isinstance(obj, SPOObjective) else None
     if unbounded.any():
+        z0 = z0() if callable(z0) else z0
         bad = np.flatnonzero(unbounded)
         message = (f"{loss}: no finite minimiser in {bad.size} context(s) (first: {bad[:5].tolist()}): "
                    "some probabilities run to 0 (the beats graph is not strongly connected); "
                    "add data or a KL term")
         warnings.warn(message, NoFiniteMinimizerWarning, stacklevel=4)
         return _result(obj, z0, float(obj.grad(z0).abs().max()), 0, False, "no_finite_minimizer", message, work)
-    z, grad_norm, n_iter, converged, err = \
-        _newton(obj, z0, tol=tol, max_iter=max_iter) if solve is None else solve()
+    if solve is None:
+        out = _newton(obj, z0() if callable(z0) else z0, tol=tol, max_iter=max_iter)
+    else:
+        out = solve()
+    z, grad_norm, n_iter, converged, err = out[:5]
+    values = out[5] if len(out) > 5 else None
     if not converged:
         message = (f"{loss}: stopped after {n_iter} Newton iterations: scaled gradient {err:.3g} > tol={tol:g} "
                    f"(gradient norm {grad_norm:.3g})")
         warnings.warn(message, ConvergenceWarning, stacklevel=4)
-        return _result(obj, z, grad_norm, n_iter, False, "max_iter", message, work)
+        return _result(obj, z, grad_norm, n_iter, False, "max_iter", message, work, values)
     if non_unique.any():
         bad = np.flatnonzero(non_unique)
         message = (f"{loss}: minimiser not unique in {bad.size} context(s) (first: {bad[:5].tolist()}): the "
                    "comparison graph is disconnected, so the mass between its components is free; returned one")
         warnings.warn(message, NonUniqueMinimizerWarning, stacklevel=4)
-        return _result(obj, z, grad_norm, n_iter, True, "not_unique", message, work)
+        return _result(obj, z, grad_norm, n_iter, True, "not_unique", message, work, values)
     return _result(obj, z, grad_norm, n_iter, True, "converged",
                    f"{loss}: converged in {n_iter} Newton iterations (scaled gradient {err:.2e}, "
-                   f"gradient norm {grad_norm:.2e})", work)
+                   f"gradient norm {grad_norm:.2e})", work, values)
 
 
 def _solve_spo_loss(problem, *, data, sampler, preference, tol, max_iter, alpha=None, beta=0.0, weights=None):
