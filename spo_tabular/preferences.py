@@ -28,7 +28,7 @@ def _check_problem(problem):
 def bradley_terry(rewards: np.ndarray) -> np.ndarray:
     """P[x, i, j] = σ(r_xi − r_xj), shape (n_contexts, n_actions, n_actions); diagonal ½."""
     r = torch.from_numpy(v.float_array("rewards", rewards, ndim=2))   # (m, n), a checked copy
-    return torch.sigmoid(r[:, :, None] - r[:, None, :]).numpy()   # torch: ~10x numpy's expit here
+    return torch.sub(r[:, :, None], r[:, None, :]).sigmoid_().numpy()   # torch: ~10x numpy's expit here
 
 
 def preference_matrix(problem: TabularProblem, preference=None) -> np.ndarray:
@@ -82,7 +82,9 @@ def pair_mass(problem: TabularProblem, *, sampler="uniform", preference=None) ->
     P = preference_matrix(problem, preference)
     if isinstance(sampler, str) and v.choice("sampler", sampler, SAMPLERS) == "uniform":
         n = problem.n_actions
-        W = P * (problem.context_probs * (2.0 / (n * (n - 1))))[:, None, None]
+        scale = (problem.context_probs * (2.0 / (n * (n - 1))))[:, None, None]
+        # Bradley–Terry's P is a fresh array: scaled in place (a grid-sized copy fewer)
+        W = np.multiply(P, scale, out=P if preference is None else None)
         W[:, np.arange(n), np.arange(n)] = 0.0
         return W
     q = pair_probs(problem, sampler)

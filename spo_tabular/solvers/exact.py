@@ -142,8 +142,9 @@ def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor, work=None) -> t
     wp = w[:, None] * p
     g_kl = obj._kl_grad_hess(z_mid, need_hess=False)[0]
     # The right side H*z* + F_m z_m − βρ∇KL(z_m), with F_m z_m = π⊙z_m − π(π·z_m) in O(n).
-    b = torch.bmm(H, z_star[..., None])[..., 0] + wp * (z_mid - (p * z_mid).sum(dim=1, keepdim=True)) \
-        - w[:, None] * g_kl
+    Hz = torch.bmm(H, z_star[..., None])[..., 0] if work is None else \
+        torch.mul(H, z_star[:, None, :], out=work[0]).sum(dim=2)     # H*z*, faster than a batched matvec
+    b = Hz + wp * (z_mid - (p * z_mid).sum(dim=1, keepdim=True)) - w[:, None] * g_kl
     H.baddbmm_(wp[:, :, None], p[:, None, :], alpha=-1.0)      # H* + βρ F_m, in place
     H.diagonal(dim1=1, dim2=2).add_(wp)
     return _newton_direction(-b, H)
