@@ -64,14 +64,50 @@ def test_split_derivatives_agree_with_autograd():
         assert torch.equal(a, b)
 
 
+def numpy_objective(problem, W, z, alpha, beta):
+    """Per-context SPO objective in numpy, written independently: log σ(x) = −logaddexp(0, −x)."""
+    z = np.asarray(z, dtype=np.float64)
+    d = alpha * (z[:, :, None] - z[:, None, :])
+    pref = (W * np.logaddexp(0.0, -d)).sum(axis=(1, 2)) / alpha
+    logp = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+    kl = (np.exp(logp) * (logp - problem.log_ref)).sum(axis=1)
+    return pref + beta * problem.context_probs * kl
+
+
 @pytest.mark.parametrize("scale", [1.0, 40.0, 1e3])
-def test_values_in_buffers_match_logsigmoid(scale):
-    # min(x, 0) − log1p(e^{−|x|}) in place against F.logsigmoid, including margins where σ underflows.
-    obj = objective(4, 6, seed=2)
+def test_values_in_buffers_match_an_independent_log_sigmoid(scale):
+    # The fused log-sigmoid written over its own input in the buffers, against numpy's logaddexp,
+    # including margins where σ underflows.
+    p = make_problem(4, 6, seed=2, ref="dirichlet")
+    W = pair_mass(p)
+    obj = SPOObjective(W, alpha=0.7, beta=0.1, log_ref=p.log_ref, context_probs=p.context_probs)
     z = scale * torch.randn(4, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     work = (torch.empty(4, 6, 6, dtype=torch.float64), torch.empty(4, 6, 6, dtype=torch.float64))
-    plain, buffered = obj.values(z), obj.values(z, out=work)
-    assert torch.allclose(buffered, plain, rtol=4e-16 * 36, atol=0)
+    want = numpy_objective(p, W, z.numpy(), 0.7, 0.1)
+    np.testing.assert_allclose(obj.values(z, out=work).numpy(), want, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(obj.values(z).numpy(), want, rtol=1e-13, atol=0)
+
+
+def test_log_odds_system_by_hand_per_context_floor_and_buffers():
+    # Context 0: two actions, action 0 beat action 1 three times and never lost (mass 3/N one way).
+    # Haldane adds half the context's smallest mass (f = 1.5/N) both ways: b_0 = c_01 log((3 + 1.5)/1.5)
+    # = (3/N) log 3 = −b_1. Context 1 holds masses a million times larger; its own floor must not
+    # change context 0 (the start of a row block cannot depend on the other blocks).
+    N = 1e6
+    W = torch.zeros(2, 3, 3, dtype=torch.float64)
+    W[0, 0, 1] = 3 / N
+    W[1] = torch.tensor([[0.0, 0.2, 0.1], [0.05, 0.0, 0.3], [0.0, 0.25, 0.0]])
+    c, b = ex._log_odds_system(W.clone(), complete=False)
+    assert torch.allclose(b[0], torch.tensor([3 / N * np.log(3), -3 / N * np.log(3), 0.0], dtype=torch.float64),
+                          rtol=1e-14, atol=0)
+    assert torch.equal(c, W + W.mT)
+    for x in range(2):
+        c_x, b_x = ex._log_odds_system(W[x:x + 1].clone(), complete=False)
+        assert torch.equal(b_x[0], b[x]) and torch.equal(c_x[0], c[x])
+    work = (torch.empty(2, 3, 3, dtype=torch.float64), torch.empty(2, 3, 3, dtype=torch.float64))
+    c_w, b_w = ex._log_odds_system(W, complete=False, out=work)
+    assert c_w.data_ptr() == work[0].data_ptr()
+    assert torch.equal(c_w, c) and torch.allclose(b_w, b, rtol=1e-15, atol=0)
 
 
 def test_direction_in_row_blocks_equals_one_block(two_threads):
@@ -191,6 +227,9 @@ def test_solve_in_parallel_row_blocks_matches_one_thread(two_threads, beta, data
     assert blocks.status == one.status == "converged"
     np.testing.assert_allclose(blocks.logits, one.logits, rtol=0, atol=1e-12)
     assert abs(blocks.loss - one.loss) <= 1e-14 * abs(one.loss)
+    # the loss the blocks computed in parallel is the objective at the returned logits
+    W = kw["data"].pair_mass() if data else pair_mass(p)
+    assert blocks.loss == pytest.approx(numpy_objective(p, W, blocks.logits, 0.8, beta).sum(), rel=1e-13)
 
 
 def test_pool_workers_run_torch_at_one_thread_and_leave_the_default_alone(two_threads):
