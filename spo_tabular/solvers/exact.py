@@ -450,13 +450,12 @@ def _objective_inputs(problem, data, sampler, preference):
     return W, W > 0
 
 
-def _result(obj, z, grad_norm, n_iter, converged, status, message, work=None, values=None) -> SolveResult:
+def _result(obj, z, grad_norm, n_iter, converged, status, message, values=None) -> SolveResult:
     """The SolveResult at z; `values` (m,) are the per-context objective values there when the caller has them."""
     logits = torch.log_softmax(z, dim=-1)
-    if values is not None:
-        loss = float(values.sum())
-    else:
-        loss = obj.value(z) if work is None else float(obj.values(z, out=work).sum())
+    if values is None and isinstance(obj, SPOObjective):
+        values = obj.values(z, out=_grid_work(2, *z.shape))    # in the cached buffers, no fresh grid
+    loss = obj.value(z) if values is None else float(values.sum())
     return SolveResult(policy=logits.exp().numpy(), logits=logits.numpy(), loss=loss,
                        grad_norm=grad_norm, n_iter=n_iter, converged=converged, message=message,
                        status=status)
@@ -581,8 +580,6 @@ def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss, solve=None) 
 
     `solve()` returns _newton's tuple, optionally followed by the per-context objective values at z.
     """
-    # The objective value needs two grid-sized buffers: the cached ones, for an SPO objective.
-    work = _grid_work(2, obj.n_contexts, obj.n_actions) if isinstance(obj, SPOObjective) else None
     if unbounded.any():
         z0 = z0() if callable(z0) else z0
         bad = np.flatnonzero(unbounded)
@@ -590,7 +587,7 @@ def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss, solve=None) 
                    "some probabilities run to 0 (the beats graph is not strongly connected); "
                    "add data or a KL term")
         warnings.warn(message, NoFiniteMinimizerWarning, stacklevel=4)
-        return _result(obj, z0, float(obj.grad(z0).abs().max()), 0, False, "no_finite_minimizer", message, work)
+        return _result(obj, z0, float(obj.grad(z0).abs().max()), 0, False, "no_finite_minimizer", message)
     if solve is None:
         out = _newton(obj, z0() if callable(z0) else z0, tol=tol, max_iter=max_iter)
     else:
@@ -601,16 +598,16 @@ def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss, solve=None) 
         message = (f"{loss}: stopped after {n_iter} Newton iterations: scaled gradient {err:.3g} > tol={tol:g} "
                    f"(gradient norm {grad_norm:.3g})")
         warnings.warn(message, ConvergenceWarning, stacklevel=4)
-        return _result(obj, z, grad_norm, n_iter, False, "max_iter", message, work, values)
+        return _result(obj, z, grad_norm, n_iter, False, "max_iter", message, values)
     if non_unique.any():
         bad = np.flatnonzero(non_unique)
         message = (f"{loss}: minimiser not unique in {bad.size} context(s) (first: {bad[:5].tolist()}): the "
                    "comparison graph is disconnected, so the mass between its components is free; returned one")
         warnings.warn(message, NonUniqueMinimizerWarning, stacklevel=4)
-        return _result(obj, z, grad_norm, n_iter, True, "not_unique", message, work, values)
+        return _result(obj, z, grad_norm, n_iter, True, "not_unique", message, values)
     return _result(obj, z, grad_norm, n_iter, True, "converged",
                    f"{loss}: converged in {n_iter} Newton iterations (scaled gradient {err:.2e}, "
-                   f"gradient norm {grad_norm:.2e})", work, values)
+                   f"gradient norm {grad_norm:.2e})", values)
 
 
 def _solve_spo_loss(problem, *, data, sampler, preference, tol, max_iter, alpha=None, beta=0.0, weights=None):
