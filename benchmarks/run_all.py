@@ -65,13 +65,15 @@ def main(argv=None):
         # Rerun of some scripts: replace just their sections, stamped with the rerun's date.
         text = results.read_text()
         for stem, rc, out in sections:
+            body = out if rc == 0 else f"FAILED (exit {rc})\n{out}"
+            section = f"## {stem}\n\n(rerun {now})\n\n```\n{body}\n```\n\n"
             start = text.find(f"## {stem}\n")
-            if start < 0:
+            if start < 0:       # a script added since the last full run: its section goes at the end
+                text = text.rstrip("\n") + "\n\n" + section
                 continue
             end = text.find("\n## ", start + 1)
             end = len(text) if end < 0 else end + 1
-            body = out if rc == 0 else f"FAILED (exit {rc})\n{out}"
-            text = text[:start] + f"## {stem}\n\n(rerun {now})\n\n```\n{body}\n```\n\n" + text[end:]
+            text = text[:start] + section + text[end:]
         results.write_text(text)
         print(f"updated {results}")
         return 0 if all(rc == 0 for _, rc, _ in sections) else 1
