@@ -112,3 +112,19 @@ def test_pair_mass_rejects_non_problem_and_bad_preference():
     p = make_problem(1, 2, seed=0)
     with pytest.raises(ValueError, match="P \\+ Pᵀ = 1"):
         pair_mass(p, preference=np.full((1, 2, 2), 0.9))
+
+
+@pytest.mark.parametrize("n_actions, k", [(3, 2), (64, 8), (64, 63), (65, 5), (300, 12)])
+def test_repeat_detection_matches_a_set_per_row(n_actions, k):
+    # The bitmask scan (up to 64 actions) and the sorted scan beyond, against Python sets row by row,
+    # across block boundaries: even rows are distinct (a permutation's first k), odd rows random;
+    # the highest action (bit 63 at n = 64) is put in every row, once in even rows.
+    from spo_tabular.preferences import _CHUNK, _has_repeat
+    rng = np.random.default_rng(n_actions * 1000 + k)
+    N = _CHUNK + 777
+    rows = rng.integers(0, n_actions, size=(N, k))
+    rows[::2] = rng.permuted(np.tile(np.arange(n_actions - 1), ((N + 1) // 2, 1)), axis=1)[:, :k]
+    rows[:, 0] = n_actions - 1
+    want = np.array([len(set(r)) < k for r in rows.tolist()])
+    assert not want[::2].any() and want[1::2].any()       # both kinds of row are really there
+    np.testing.assert_array_equal(_has_repeat(rows, n_actions), want)
