@@ -74,7 +74,7 @@ def _log_odds_system(W: torch.Tensor, complete: bool, rewards=None, weights=None
         c = torch.add(W, W.transpose(1, 2), out=buf0)            # shown mass of the pair, symmetric
     if rewards is not None:
         r = torch.tensor(np.asarray(rewards, dtype=np.float64))   # (m, n), a copy: rewards are read-only
-        b = c.sum(dim=2) * r - torch.bmm(c, r[..., None])[..., 0]
+        b = c.sum(dim=2) * r - _matvec(c, r, out=buf1)
         if weights is not None:     # log(μ_ij σ_ij / μ_ji σ_ji) = r_i − r_j + log μ_ij − log μ_ji
             log_mu = torch.log(torch.as_tensor(weights, dtype=DTYPE))
             log_mu.diagonal(dim1=1, dim2=2).zero_()
@@ -95,6 +95,14 @@ def _log_odds_system(W: torch.Tensor, complete: bool, rewards=None, weights=None
     # no transposed elementwise pass.
     X.mul_(c)
     return c, X.sum(dim=2) - X.sum(dim=1)
+
+
+def _matvec(A: torch.Tensor, x: torch.Tensor, out=None) -> torch.Tensor:
+    """A x per context, (m, n, n) · (m, n) → (m, n); with an (m, n, n) buffer `out`, as a product and
+    row sums in it, about twice as fast as a batched matrix–vector product."""
+    if out is None:
+        return torch.bmm(A, x[..., None])[..., 0]
+    return torch.mul(A, x[:, None, :], out=out).sum(dim=2)
 
 
 def _log_odds_fit(W: torch.Tensor, alpha, ridge: torch.Tensor) -> torch.Tensor:
@@ -142,9 +150,8 @@ def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor, work=None) -> t
     wp = w[:, None] * p
     g_kl = obj._kl_grad_hess(z_mid, need_hess=False)[0]
     # The right side H*z* + F_m z_m − βρ∇KL(z_m), with F_m z_m = π⊙z_m − π(π·z_m) in O(n).
-    Hz = torch.bmm(H, z_star[..., None])[..., 0] if work is None else \
-        torch.mul(H, z_star[:, None, :], out=work[0]).sum(dim=2)     # H*z*, faster than a batched matvec
-    b = Hz + wp * (z_mid - (p * z_mid).sum(dim=1, keepdim=True)) - w[:, None] * g_kl
+    b = _matvec(H, z_star, out=None if work is None else work[0]) \
+        + wp * (z_mid - (p * z_mid).sum(dim=1, keepdim=True)) - w[:, None] * g_kl
     H.baddbmm_(wp[:, :, None], p[:, None, :], alpha=-1.0)      # H* + βρ F_m, in place
     H.diagonal(dim1=1, dim2=2).add_(wp)
     return _newton_direction(-b, H)
