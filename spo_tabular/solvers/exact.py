@@ -198,7 +198,7 @@ def _n_blocks(rows: int, min_rows: int = 128) -> int:
     """How many row blocks to split `rows` contexts into: one per torch thread, at least min_rows each.
 
     Below about 128 rows a block loses to one piece at torch's own threads (measured on 2 cores: a
-    64-context solve in two blocks of 32 took 1.5–1.8× as long): the Python overhead between the
+    64-context solve in two blocks of 32 took 1.4–1.8× as long): the Python overhead between the
     small ops of two blocks serialises on the GIL, and the blocks' ops are too short to cover it.
     """
     if getattr(_WORKER, "active", False):
