@@ -5,20 +5,22 @@ Case 1: β = 0, uniform π_ref (closed form softmax(r/α): accuracy is the max T
 Case 2: β = 0.1, Dirichlet π_ref (no closed form: accuracy is the relative gradient norm
 ‖∇L‖∞ / ‖∇(preference term)‖∞, and the max TV between the two solvers' answers).
 Prints both times, both accuracies and the ratio from one run: interleaved rounds, each timing ours
-(best of 5) and then the baseline, the median of the per-round ratios and their range. `--quick`
-shrinks the problem.
+and then the baseline, each the best of the same number of calls (an unequal count would favour the
+side timed more often), the median of the per-round ratios and their range. `--quick` shrinks the
+problem.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import scipy.optimize
 from scipy.special import log_softmax
 import torch
 import torch.nn.functional as F
+
+from _common import best_time
 
 from spo_tabular import make_problem, pair_mass, soft_optimal_policy, solve_exact
 from spo_tabular.objectives import SPOObjective
@@ -49,17 +51,8 @@ def lbfgs_baseline(problem, *, alpha, beta):
     return np.exp(log_softmax(z, axis=1)), res
 
 
-def best_time(fn, repeat):
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
-
-
 def paired_rounds(ours, base, rounds, repeat):
-    """Interleaved rounds (ours best of `repeat`, then the baseline once): per-round times and ratios.
+    """Interleaved rounds (ours, then the baseline, each best of `repeat`): per-round times and ratios.
 
     On a shared machine the speed drifts by tens of percent within a minute; a ratio taken inside
     one round compares the two under the same conditions, and the median over rounds is robust.
@@ -68,7 +61,7 @@ def paired_rounds(ours, base, rounds, repeat):
     for _ in range(rounds):
         t, out_ours = best_time(ours, repeat)
         t_ours.append(t)
-        t, out_base = best_time(base, 1)
+        t, out_base = best_time(base, repeat)
         t_base.append(t)
     ratios = np.array(t_base) / np.array(t_ours)
     return np.array(t_ours), np.array(t_base), ratios, out_ours, out_base
@@ -111,13 +104,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    m, n, repeat, rounds = (16, 8, 1, 1) if args.quick else (256, 64, 5, 7)
+    m, n, repeat, rounds = (16, 8, 1, 1) if args.quick else (256, 64, 3, 5)
     rows = run(m, n, 0.7, repeat, rounds)
     if args.json:
         print(json.dumps(rows, indent=2))
         return rows
     print(f"exact solver vs L-BFGS-B+autograd, ({m}, {n}), alpha=0.7, torch threads={torch.get_num_threads()}; "
-          f"{rounds} interleaved rounds (ours: best of {repeat} per round), medians")
+          f"{rounds} interleaved rounds (each side best of {repeat} per round), medians")
     for r in rows:
         print(f"  {r['case']:<26} ours {r['ours_s']*1e3:8.1f} ms ({r['ours_iter']} it)   "
               f"L-BFGS-B {r['lbfgs_s']*1e3:8.1f} ms ({r['lbfgs_iter']} it)   ratio {r['ratio']:6.1f}x "
