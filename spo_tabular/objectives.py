@@ -182,8 +182,9 @@ class SPOObjective(PairwiseObjective):
     ∂/∂z_i = Σ_j W_ji − Σ_j S_ij s_ij and Laplacian weights α S s (1 − s) (already symmetric).
     """
 
-    def __init__(self, pair_mass, *, alpha, beta, log_ref, context_probs):
-        # α and β may be floats or (m,) arrays: one value per context of a stacked batch.
+    def __init__(self, pair_mass, *, alpha, beta, log_ref, context_probs, out: Tensor | None = None):
+        # α and β may be floats or (m,) arrays: one value per context of a stacked batch. `out`, an
+        # (m, n, n) float64 tensor, receives α(W + Wᵀ) (a caller's reused buffer: no fresh grid).
         super().__init__(pair_mass, spo_margin(float(np.max(alpha))), beta=beta, log_ref=log_ref,
                          context_probs=context_probs)
         m = self.n_contexts
@@ -195,7 +196,7 @@ class SPOObjective(PairwiseObjective):
         self.split_convex = True
         # α S with S = W + Wᵀ the shown mass (symmetric): the Laplacian weights before σσ′. Only
         # this one extra (m, n, n) tensor is kept beside W.
-        self.S_alpha = (self.W + self.W.transpose(1, 2)).mul_(self._alpha3)
+        self.S_alpha = torch.add(self.W, self.W.transpose(1, 2), out=out).mul_(self._alpha3)
         self.lost = self.W.sum(dim=1)                    # (m, n) Σ_j W_ji: mass of losses of i
 
     # W is needed only for objective values, which the solver rarely asks of a subset: a subset

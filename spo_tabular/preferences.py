@@ -27,15 +27,22 @@ def _check_problem(problem):
 
 def bradley_terry(rewards: np.ndarray) -> np.ndarray:
     """P[x, i, j] = σ(r_xi − r_xj), shape (n_contexts, n_actions, n_actions); diagonal ½."""
+    return _bradley_terry(rewards)
+
+
+def _bradley_terry(rewards, out: np.ndarray | None = None) -> np.ndarray:
+    """bradley_terry, written into `out` (a float64 (m, n, n) array) when given."""
     r = torch.from_numpy(v.float_array("rewards", rewards, ndim=2))   # (m, n), a checked copy
-    return torch.sub(r[:, :, None], r[:, None, :]).sigmoid_().numpy()   # torch: ~10x numpy's expit here
+    o = None if out is None else torch.from_numpy(out)
+    return torch.sub(r[:, :, None], r[:, None, :], out=o).sigmoid_().numpy()   # torch: ~10x numpy's expit here
 
 
-def preference_matrix(problem: TabularProblem, preference=None) -> np.ndarray:
-    """The expert's P (m, n, n): Bradley–Terry on the rewards when `preference` is None, else the checked array."""
+def preference_matrix(problem: TabularProblem, preference=None, out: np.ndarray | None = None) -> np.ndarray:
+    """The expert's P (m, n, n): Bradley–Terry on the rewards when `preference` is None (in `out`
+    when given), else the checked array."""
     _check_problem(problem)
     if preference is None:
-        return bradley_terry(problem.rewards)
+        return _bradley_terry(problem.rewards, out)
     m, n = problem.n_contexts, problem.n_actions
     P = v.float_array("preference", preference, shape=(m, n, n))
     if np.any((P < 0) | (P > 1)):
@@ -77,18 +84,23 @@ def pair_probs(problem: TabularProblem, sampler="uniform") -> np.ndarray:
 
 def pair_mass(problem: TabularProblem, *, sampler="uniform", preference=None) -> np.ndarray:
     """Population W[x, i, j] = ρ_x (q_ij + q_ji) P_ij, shape (n_contexts, n_actions, n_actions), Σ W = 1."""
+    return _pair_mass(problem, sampler, preference)
+
+
+def _pair_mass(problem: TabularProblem, sampler="uniform", preference=None, out: np.ndarray | None = None):
+    """pair_mass, written into `out` (a float64 (m, n, n) array, e.g. a solver's reused buffer) when given."""
     if not isinstance(problem, TabularProblem):
         raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
-    P = preference_matrix(problem, preference)
+    P = preference_matrix(problem, preference, out=out)
     if isinstance(sampler, str) and v.choice("sampler", sampler, SAMPLERS) == "uniform":
         n = problem.n_actions
         scale = (problem.context_probs * (2.0 / (n * (n - 1))))[:, None, None]
-        # Bradley–Terry's P is a fresh array: scaled in place (a grid-sized copy fewer)
-        W = np.multiply(P, scale, out=P if preference is None else None)
+        # Bradley–Terry's P is a fresh array (or `out`): scaled in place (a grid-sized copy fewer)
+        W = np.multiply(P, scale, out=P if preference is None else out)
         W[:, np.arange(n), np.arange(n)] = 0.0
         return W
     q = pair_probs(problem, sampler)
-    return problem.context_probs[:, None, None] * (q + q.transpose(0, 2, 1)) * P
+    return np.multiply(problem.context_probs[:, None, None] * (q + q.transpose(0, 2, 1)), P, out=out)
 
 
 # --------------------------------------------------------------------------- sampled data

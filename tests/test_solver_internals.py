@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spo_tabular import make_problem, pair_mass, sample_pairs, solve_exact
+from spo_tabular.preferences import bradley_terry, pair_probs
 from spo_tabular.objectives import SPOObjective
 from spo_tabular.solvers import exact as ex
 
@@ -160,9 +161,61 @@ def test_work_buffers_are_reused_and_large_ones_are_not_kept():
     assert a[0].data_ptr() == b[0].data_ptr()                      # the cached block, reused
     assert a[0].shape == (16, 8, 8) and b[1].shape == (8, 8, 8)
     assert a[1].data_ptr() == a[0].data_ptr() + 16 * 8 * 8 * 8     # disjoint halves
-    cached = ex._WORK.buf
+    cached = ex._WORK.slots["work"]
     big = ex._grid_work(2, 1, int(np.sqrt(ex._WORK_CACHE_BYTES / 8)) + 1)
-    assert ex._WORK.buf is cached and big[0].data_ptr() != cached.data_ptr()
+    assert ex._WORK.slots["work"] is cached and big[0].data_ptr() != cached.data_ptr()
+    other = ex._grid_work(2, 16, 8, slot="objective")                # slots never share memory
+    assert other[0].data_ptr() != a[0].data_ptr() and ex._grid_work(2, 16, 8)[0].data_ptr() == a[0].data_ptr()
+
+
+def test_objective_grids_are_reused_and_a_nested_solve_gets_fresh_ones():
+    with ex._objective_grids(8, 5) as (w1, s1):
+        with ex._objective_grids(8, 5) as inner:
+            assert inner == (None, None)          # held by the outer solve: fresh arrays instead
+    with ex._objective_grids(8, 5) as (w2, s2):
+        assert (w2.data_ptr(), s2.data_ptr()) == (w1.data_ptr(), s1.data_ptr())
+        assert w2.shape == s2.shape == (8, 5, 5) and s2.data_ptr() == w2.data_ptr() + 8 * 5 * 5 * 8
+
+
+def test_solves_in_the_reused_buffers_match_fresh_arrays_and_leave_no_trace():
+    # A solve with the cached W / α(W + Wᵀ) buffers against the same objective built on fresh arrays
+    # (the numpy objective is independent of the buffers); a second, different problem in between
+    # must not leak into the first one's answer.
+    p1, p2 = make_problem(12, 6, seed=3, ref="dirichlet"), make_problem(12, 6, seed=4, ref="dirichlet")
+    first = solve_exact(p1, alpha=0.8, beta=0.3)
+    solve_exact(p2, alpha=0.5, beta=0.0)
+    again = solve_exact(p1, alpha=0.8, beta=0.3)
+    assert np.array_equal(first.logits, again.logits) and first.loss == again.loss
+    z = torch.tensor(first.logits)
+    assert first.loss == pytest.approx(numpy_objective(p1, pair_mass(p1), first.logits, 0.8, 0.3).sum(), rel=1e-12)
+    obj = SPOObjective(pair_mass(p1), alpha=0.8, beta=0.3, log_ref=p1.log_ref, context_probs=p1.context_probs)
+    assert float(obj.grad(z).abs().max()) < 1e-12
+
+
+def test_pair_mass_into_a_buffer_matches_pair_mass():
+    from spo_tabular.preferences import _pair_mass
+    p = make_problem(5, 4, seed=1, ref="dirichlet")
+    P = bradley_terry(p.rewards)
+    P[1, 0, 2], P[1, 2, 0] = 1.0, 0.0
+    for sampler, pref in (("uniform", None), ("ref", None), ("uniform", P), (pair_probs(p, "ref"), P)):
+        out = np.full((5, 4, 4), np.nan)
+        got = _pair_mass(p, sampler, pref, out=out)
+        assert got is out or np.shares_memory(got, out)
+        np.testing.assert_array_equal(out, pair_mass(p, sampler=sampler, preference=pref))
+
+
+def test_cholesky_into_the_reused_buffer_and_the_indefinite_fallback():
+    rng = np.random.default_rng(0)
+    B = rng.normal(size=(6, 5, 5))
+    A = torch.tensor(B @ B.transpose(0, 2, 1) + 5 * np.eye(5))
+    L, bad = ex._cholesky_block(A)
+    assert not bool(bad.any())
+    np.testing.assert_allclose((L @ L.mT).numpy(), A.numpy(), rtol=1e-13, atol=1e-13)
+    assert L.data_ptr() == ex._grid_work(1, 6, 5, slot="cholesky")[0].data_ptr()
+    A[2] = -A[2]                                   # one indefinite matrix: numpy flags the block
+    L, bad = ex._cholesky_block(A)
+    assert bad.tolist() == [False, False, True, False, False, False]
+    np.testing.assert_allclose((L[0] @ L[0].T).numpy(), A[0].numpy(), rtol=1e-13, atol=1e-13)
 
 
 def test_concurrent_solves_in_threads_match_sequential():

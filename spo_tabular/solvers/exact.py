@@ -12,6 +12,7 @@ solved in parallel on a small thread pool, and derivatives are computed in reuse
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -28,7 +29,7 @@ from ..choice_sets import data_events, pair_weights_from_samples, population_eve
 from ..graphs import GraphReport, comparison_graph, is_complete
 from ..objectives import DTYPE, PairwiseObjective, SPOObjective, _laplacian
 from ..objectives_zoo import ChoiceObjective, CPOObjective, dpo_objective, hinge_objective, ipo_objective
-from ..preferences import BestOfNData, PairData, RankedData, pair_mass, pair_probs, preference_matrix
+from ..preferences import BestOfNData, PairData, RankedData, _pair_mass, pair_mass, pair_probs, preference_matrix
 from ..problems import TabularProblem
 from .hinge_lp import solve_hinge_lp
 
@@ -276,16 +277,31 @@ def _cholesky_block(A: torch.Tensor):
 
     numpy's batched Cholesky, not torch's: for small matrices torch spends about a third of its time
     zeroing the upper triangles (a strided tril), and numpy releases the GIL, so row blocks factor in
-    parallel. A block with an indefinite matrix (numpy raises for the whole block) goes to
+    parallel. The factors go to this thread's reused buffer (numpy's gufunc behind
+    np.linalg.cholesky, with its `out`), which the caller must use before the next factorisation on
+    this thread. A block with an indefinite matrix (numpy flags the whole block) goes to
     torch.linalg.cholesky_ex, which reports the failing rows.
     """
     if A.dtype == torch.float64 and A.device.type == "cpu":
         try:
-            return torch.from_numpy(np.linalg.cholesky(A.numpy())), torch.zeros(A.shape[0], dtype=torch.bool)
-        except np.linalg.LinAlgError:
+            if _CHOLESKY_LO is None:
+                L = torch.from_numpy(np.linalg.cholesky(A.numpy()))
+            else:
+                L = _grid_work(1, A.shape[0], A.shape[1], slot="cholesky")[0]
+                # np.linalg.cholesky's own error handling: LAPACK's failure sets the invalid flag.
+                with np.errstate(invalid="raise", over="ignore", divide="ignore", under="ignore"):
+                    _CHOLESKY_LO(A.numpy(), out=L.numpy(), signature="d->d")
+            return L, torch.zeros(A.shape[0], dtype=torch.bool)
+        except (np.linalg.LinAlgError, FloatingPointError):
             pass
     L, info = torch.linalg.cholesky_ex(A)
     return L, info != 0
+
+
+try:    # the gufunc np.linalg.cholesky calls, which takes `out`; np.linalg.cholesky where it is gone
+    from numpy.linalg._umath_linalg import cholesky_lo as _CHOLESKY_LO
+except ImportError:  # pragma: no cover
+    _CHOLESKY_LO = None
 
 
 def _cholesky_step_block(A: torch.Tensor, g: torch.Tensor):
@@ -395,22 +411,40 @@ def _split_step(obj, z, d, slope, fn, small, work):
     return z_new, derivs, t
 
 
-def _grid_work(k: int, m: int, n: int) -> tuple:
-    """k float64 buffers of shape (m, n, n) for the solver's derivatives, reused from call to call.
+def _grid_work(k: int, m: int, n: int, slot: str = "work") -> tuple:
+    """k float64 buffers of shape (m, n, n), reused from call to call: the solver's derivatives ("work"),
+    the objective's W and α(W + Wᵀ) ("objective"), Cholesky factors ("cholesky").
 
     Grid-sized temporaries are the solver's hidden cost: every fresh one is first touched a page at a
-    time (on this project's VMs about 2 µs per 4 KiB page, some 4 ms per (256, 64, 64) grid), and
-    the C allocator hands such blocks back to the system when they are freed. One block per thread is
-    kept (up to 64 MiB, so (256, 64) problems and smaller); bigger ones are allocated per call.
+    time (on this project's VMs about 1–2 µs per 4 KiB page, some 2–4 ms per (256, 64, 64) grid), and
+    whether glibc hands a freed block back to the system or keeps it depends on the process's
+    allocation history, so the same solve ran 1.5–2× slower in some processes than in others. One
+    block per slot and thread is kept (up to 64 MiB, so (256, 64) problems and smaller); bigger ones
+    are allocated per call, where the passes outweigh the faults.
     """
     need = k * m * n * n
-    buf = getattr(_WORK, "buf", None)
+    cache = _WORK.__dict__.setdefault("slots", {})
+    buf = cache.get(slot)
     if buf is None or buf.numel() < need:
         buf = torch.empty(need, dtype=DTYPE)
         if need * 8 <= _WORK_CACHE_BYTES:
-            _WORK.buf = buf
+            cache[slot] = buf
     size = m * n * n
     return tuple(buf[i * size:(i + 1) * size].view(m, n, n) for i in range(k))
+
+
+@contextlib.contextmanager
+def _objective_grids(m: int, n: int):
+    """Two (m, n, n) buffers for one solve's W and α(W + Wᵀ): this thread's cached pair, or (None, None)
+    (fresh arrays) while an outer solve on this thread holds them."""
+    if getattr(_WORK, "objective_busy", False):
+        yield None, None
+        return
+    _WORK.objective_busy = True
+    try:
+        yield _grid_work(2, m, n, slot="objective")
+    finally:
+        _WORK.objective_busy = False
 
 
 def _rows(work, z: torch.Tensor):
@@ -437,10 +471,13 @@ def _backtrack(obj, z: torch.Tensor, d: torch.Tensor, slope: torch.Tensor, searc
     return torch.where(ok, t, torch.zeros_like(t))
 
 
-def _objective_inputs(problem, data, sampler, preference):
-    """Pair mass W (m, n, n) and the beats support (m, n, n) bool for the existence check (None: complete)."""
+def _objective_inputs(problem, data, sampler, preference, out=None):
+    """Pair mass W (m, n, n) and the beats support (m, n, n) bool for the existence check (None: complete).
+
+    `out`, an (m, n, n) float64 tensor, receives the population W (a reused buffer).
+    """
     if data is None:
-        W = pair_mass(problem, sampler=sampler, preference=preference)
+        W = _pair_mass(problem, sampler, preference, out=None if out is None else out.numpy())
         if isinstance(sampler, str) and preference is None:
             # "uniform" and "ref" show every pair and Bradley–Terry gives P ∈ (0, 1) exactly (even
             # where exp underflows): every pair is compared both ways.
@@ -478,46 +515,48 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
     beta = v.nonnegative_float("beta", beta)
     tol = v.positive_float("tol", tol)
     max_iter = v.positive_int("max_iter", max_iter)
-    W, beats = _objective_inputs(problem, data, sampler, preference)
-    mu = None
-    if weights is not None:
-        mu = v.float_array("weights", weights, shape=W.shape)
-        if np.any(mu < 0):
-            raise ValueError("weights must be non-negative")
-        W = W * mu
-        beats = (mu > 0) if beats is None else beats & (mu > 0)
-    obj = SPOObjective(W, alpha=alpha, beta=beta, log_ref=problem.log_ref,
-                       context_probs=problem.context_probs)
-    complete = beats is None or is_complete(beats)
-    graph = GraphReport.strongly_connected(problem.n_contexts) if complete else comparison_graph(beats)
-    population_bt = data is None and preference is None
-    # μ > 0 off the diagonal keeps every log-odds finite: the start stays exact for the BT expert.
-    positive_mu = weights is None or bool(np.all(mu[:, ~np.eye(problem.n_actions, dtype=bool)] > 0))
-    equal_weights = population_bt and weights is None and isinstance(sampler, str) and sampler == "uniform"
-    rewards = problem.rewards if population_bt and positive_mu else None
-    ridge = torch.from_numpy(~graph.unique)
-    exact_start = beta == 0.0 and population_bt and positive_mu
+    # W and α(W + Wᵀ) go to this thread's reused buffers; nothing that holds them outlives the call.
+    with _objective_grids(problem.n_contexts, problem.n_actions) as (w_buf, s_buf):
+        W, beats = _objective_inputs(problem, data, sampler, preference, out=w_buf)
+        mu = None
+        if weights is not None:
+            mu = v.float_array("weights", weights, shape=W.shape)
+            if np.any(mu < 0):
+                raise ValueError("weights must be non-negative")
+            W = W * mu
+            beats = (mu > 0) if beats is None else beats & (mu > 0)
+        obj = SPOObjective(W, alpha=alpha, beta=beta, log_ref=problem.log_ref,
+                           context_probs=problem.context_probs, out=s_buf)
+        complete = beats is None or is_complete(beats)
+        graph = GraphReport.strongly_connected(problem.n_contexts) if complete else comparison_graph(beats)
+        population_bt = data is None and preference is None
+        # μ > 0 off the diagonal keeps every log-odds finite: the start stays exact for the BT expert.
+        positive_mu = weights is None or bool(np.all(mu[:, ~np.eye(problem.n_actions, dtype=bool)] > 0))
+        equal_weights = population_bt and weights is None and isinstance(sampler, str) and sampler == "uniform"
+        rewards = problem.rewards if population_bt and positive_mu else None
+        ridge = torch.from_numpy(~graph.unique)
+        exact_start = beta == 0.0 and population_bt and positive_mu
 
-    def start(o: SPOObjective, rows: slice, work=None) -> torch.Tensor:
-        c, b = _log_odds_system(o.W, complete, None if rewards is None else rewards[rows],
-                                weights=None if mu is None else mu[rows], out=work,
-                                c=torch.div(o.S_alpha, alpha, out=None if work is None else work[0]))
-        return _log_odds_start(c, b, alpha, ridge[rows], equal_weights=equal_weights)
+        def start(o: SPOObjective, rows: slice, work=None) -> torch.Tensor:
+            c, b = _log_odds_system(o.W, complete, None if rewards is None else rewards[rows],
+                                    weights=None if mu is None else mu[rows], out=work,
+                                    c=torch.div(o.S_alpha, alpha, out=None if work is None else work[0]))
+            return _log_odds_start(c, b, alpha, ridge[rows], equal_weights=equal_weights)
 
-    def solve(o: SPOObjective, rows: slice):
-        work, first = _grid_work(2, o.n_contexts, o.n_actions), None
-        z = start(o, rows, work)
-        if beta > 0:
-            z, first = _better_start(o, _kl_quadratic_start(o, z, work), o.log_ref, work)
-        z, *report = _newton(o, z, tol=tol, max_iter=max_iter, start=first, work=work)
-        return (z, *report, o.values(z, out=work))      # with the per-context loss, computed here in parallel
+        def solve(o: SPOObjective, rows: slice):
+            work, first = _grid_work(2, o.n_contexts, o.n_actions), None
+            z = start(o, rows, work)
+            if beta > 0:
+                z, first = _better_start(o, _kl_quadratic_start(o, z, work), o.log_ref, work)
+            z, *report = _newton(o, z, tol=tol, max_iter=max_iter, start=first, work=work)
+            return (z, *report, o.values(z, out=work))      # with the per-context loss, computed here in parallel
 
-    # With β > 0 the KL term makes every context bounded and strictly determined.
-    no_kl = np.full(problem.n_contexts, beta == 0.0)
-    return _finish(obj, lambda: start(obj, slice(None)), unbounded=graph.unbounded & no_kl,
-                   non_unique=graph.non_unique & no_kl, tol=tol, max_iter=max_iter, loss="spo",
-                   # where the start is exact (β = 0, Bradley–Terry mass) one pass confirms it: no blocks
-                   solve=lambda: solve(obj, slice(None)) if exact_start else _newton_in_blocks(obj, solve))
+        # With β > 0 the KL term makes every context bounded and strictly determined.
+        no_kl = np.full(problem.n_contexts, beta == 0.0)
+        return _finish(obj, lambda: start(obj, slice(None)), unbounded=graph.unbounded & no_kl,
+                       non_unique=graph.non_unique & no_kl, tol=tol, max_iter=max_iter, loss="spo",
+                       # where the start is exact (β = 0, Bradley–Terry mass) one pass confirms it: no blocks
+                       solve=lambda: solve(obj, slice(None)) if exact_start else _newton_in_blocks(obj, solve))
 
 
 def _better_start(obj: SPOObjective, z0: torch.Tensor, z1: torch.Tensor, work=None):
