@@ -182,9 +182,12 @@ class SPOObjective(PairwiseObjective):
     ∂/∂z_i = Σ_j W_ji − Σ_j S_ij s_ij and Laplacian weights α S s (1 − s) (already symmetric).
     """
 
-    def __init__(self, pair_mass, *, alpha, beta, log_ref, context_probs, out: Tensor | None = None):
+    def __init__(self, pair_mass, *, alpha, beta, log_ref, context_probs, out: Tensor | None = None,
+                 map_rows=None):
         # α and β may be floats or (m,) arrays: one value per context of a stacked batch. `out`, an
-        # (m, n, n) float64 tensor, receives α(W + Wᵀ) (a caller's reused buffer: no fresh grid).
+        # (m, n, n) float64 tensor, receives α(W + Wᵀ) (a caller's reused buffer: no fresh grid);
+        # map_rows(fn, m) -> [fn(rows: slice)] runs the two grid passes below over row blocks (a
+        # solver's thread pool), in order.
         super().__init__(pair_mass, spo_margin(float(np.max(alpha))), beta=beta, log_ref=log_ref,
                          context_probs=context_probs)
         m = self.n_contexts
@@ -196,8 +199,15 @@ class SPOObjective(PairwiseObjective):
         self.split_convex = True
         # α S with S = W + Wᵀ the shown mass (symmetric): the Laplacian weights before σσ′. Only
         # this one extra (m, n, n) tensor is kept beside W.
-        self.S_alpha = torch.add(self.W, self.W.transpose(1, 2), out=out).mul_(self._alpha3)
-        self.lost = self.W.sum(dim=1)                    # (m, n) Σ_j W_ji: mass of losses of i
+        self.S_alpha = torch.empty_like(self.W) if out is None else out
+
+        def shown_and_lost(rows: slice) -> Tensor:
+            W = self.W[rows]
+            torch.add(W, W.transpose(1, 2), out=self.S_alpha[rows]).mul_(self._alpha3[rows])
+            return W.sum(dim=1)                          # (rows, n) Σ_j W_ji: mass of losses of i
+
+        parts = [shown_and_lost(slice(None))] if map_rows is None else map_rows(shown_and_lost, m)
+        self.lost = parts[0] if len(parts) == 1 else torch.cat(parts)
 
     # W is needed only for objective values, which the solver rarely asks of a subset: a subset
     # copies its rows of W on first use (one (m, n, n) copy fewer per retirement of contexts).

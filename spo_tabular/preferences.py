@@ -37,14 +37,19 @@ def _bradley_terry(rewards, out: np.ndarray | None = None) -> np.ndarray:
     return torch.sub(r[:, :, None], r[:, None, :], out=o).sigmoid_().numpy()   # torch: ~10x numpy's expit here
 
 
-def preference_matrix(problem: TabularProblem, preference=None, out: np.ndarray | None = None) -> np.ndarray:
-    """The expert's P (m, n, n): Bradley–Terry on the rewards when `preference` is None (in `out`
-    when given), else the checked array."""
+def preference_matrix(problem: TabularProblem, preference=None) -> np.ndarray:
+    """The expert's P (m, n, n): Bradley–Terry on the rewards when `preference` is None, else the checked array."""
+    return _preference_matrix(problem, preference)
+
+
+def _preference_matrix(problem: TabularProblem, preference=None, out: np.ndarray | None = None,
+                       rows: slice = slice(None)) -> np.ndarray:
+    """preference_matrix for the contexts `rows`, the Bradley–Terry table written into `out` when given."""
     _check_problem(problem)
     if preference is None:
-        return _bradley_terry(problem.rewards, out)
+        return _bradley_terry(problem.rewards[rows], out)
     m, n = problem.n_contexts, problem.n_actions
-    P = v.float_array("preference", preference, shape=(m, n, n))
+    P = v.float_array("preference", preference, shape=(m, n, n))[rows]
     if np.any((P < 0) | (P > 1)):
         raise ValueError("preference entries must be probabilities in [0, 1]")
     off = np.max(np.abs(P + P.transpose(0, 2, 1) - 1.0))
@@ -87,20 +92,23 @@ def pair_mass(problem: TabularProblem, *, sampler="uniform", preference=None) ->
     return _pair_mass(problem, sampler, preference)
 
 
-def _pair_mass(problem: TabularProblem, sampler="uniform", preference=None, out: np.ndarray | None = None):
-    """pair_mass, written into `out` (a float64 (m, n, n) array, e.g. a solver's reused buffer) when given."""
+def _pair_mass(problem: TabularProblem, sampler="uniform", preference=None, out: np.ndarray | None = None,
+               rows: slice = slice(None)):
+    """pair_mass for the contexts `rows` (every context by default), written into `out` (a float64
+    array of that shape, e.g. a solver's reused buffer) when given."""
     if not isinstance(problem, TabularProblem):
         raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
-    P = preference_matrix(problem, preference, out=out)
+    P = _preference_matrix(problem, preference, out=out, rows=rows)
+    rho = problem.context_probs[rows]
     if isinstance(sampler, str) and v.choice("sampler", sampler, SAMPLERS) == "uniform":
         n = problem.n_actions
-        scale = (problem.context_probs * (2.0 / (n * (n - 1))))[:, None, None]
+        scale = (rho * (2.0 / (n * (n - 1))))[:, None, None]
         # Bradley–Terry's P is a fresh array (or `out`): scaled in place (a grid-sized copy fewer)
         W = np.multiply(P, scale, out=P if preference is None else out)
         W[:, np.arange(n), np.arange(n)] = 0.0
         return W
-    q = pair_probs(problem, sampler)
-    return np.multiply(problem.context_probs[:, None, None] * (q + q.transpose(0, 2, 1)), P, out=out)
+    q = pair_probs(problem, sampler)[rows]
+    return np.multiply(rho[:, None, None] * (q + q.transpose(0, 2, 1)), P, out=out)
 
 
 # --------------------------------------------------------------------------- sampled data

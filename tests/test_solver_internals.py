@@ -198,10 +198,15 @@ def test_pair_mass_into_a_buffer_matches_pair_mass():
     P = bradley_terry(p.rewards)
     P[1, 0, 2], P[1, 2, 0] = 1.0, 0.0
     for sampler, pref in (("uniform", None), ("ref", None), ("uniform", P), (pair_probs(p, "ref"), P)):
+        full = pair_mass(p, sampler=sampler, preference=pref)
         out = np.full((5, 4, 4), np.nan)
         got = _pair_mass(p, sampler, pref, out=out)
         assert got is out or np.shares_memory(got, out)
-        np.testing.assert_array_equal(out, pair_mass(p, sampler=sampler, preference=pref))
+        np.testing.assert_array_equal(out, full)
+        for rows in (slice(0, 2), slice(2, 5), slice(4, 5)):            # row blocks, as the solver fills W
+            out = np.full((rows.stop - rows.start, 4, 4), np.nan)
+            _pair_mass(p, sampler, pref, out=out, rows=rows)
+            np.testing.assert_array_equal(out, full[rows])
 
 
 def test_cholesky_into_the_reused_buffer_and_the_indefinite_fallback():
@@ -267,12 +272,18 @@ def test_row_block_pool_survives_fork(two_threads):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("beta, data", [(0.3, False), (0.0, True)])
-def test_solve_in_parallel_row_blocks_matches_one_thread(two_threads, beta, data):
-    # At two torch threads the contexts are solved in two blocks on the pool (start and Newton per
-    # block); at one thread in one piece. Same minimiser, same status.
+@pytest.mark.parametrize("beta, kind", [(0.3, "population"), (0.0, "data"), (0.3, "ref"),
+                                        (0.0, "preference"), (0.2, "weights")])
+def test_solve_in_parallel_row_blocks_matches_one_thread(two_threads, beta, kind):
+    # At two torch threads the contexts are solved in two blocks on the pool (W, α(W + Wᵀ), start
+    # and Newton per block); at one thread in one piece. Same minimiser, same status.
     p = make_problem(300, 9, seed=11, ref="dirichlet", reward_scale=0.5)
-    kw = {"data": sample_pairs(p, 400_000, seed=1)} if data else {}
+    rng = np.random.default_rng(2)
+    kw = {"data": {"data": sample_pairs(p, 400_000, seed=1)}, "ref": {"sampler": "ref"},
+          "population": {}, "weights": {"weights": rng.uniform(0.5, 2.0, size=(300, 9, 9))}}.get(kind)
+    if kind == "preference":                  # a non-Bradley–Terry expert: P_ij = 0.5 + 0.4·tanh(r_i − r_j)
+        r = p.rewards
+        kw = {"preference": 0.5 + 0.4 * np.tanh(r[:, :, None] - r[:, None, :])}
     assert ex._n_blocks(p.n_contexts) == 2
     blocks = solve_exact(p, alpha=0.8, beta=beta, **kw)
     torch.set_num_threads(1)
@@ -281,7 +292,8 @@ def test_solve_in_parallel_row_blocks_matches_one_thread(two_threads, beta, data
     np.testing.assert_allclose(blocks.logits, one.logits, rtol=0, atol=1e-12)
     assert abs(blocks.loss - one.loss) <= 1e-14 * abs(one.loss)
     # the loss the blocks computed in parallel is the objective at the returned logits
-    W = kw["data"].pair_mass() if data else pair_mass(p)
+    W = kw["data"].pair_mass() if kind == "data" else \
+        pair_mass(p, sampler=kw.get("sampler", "uniform"), preference=kw.get("preference")) * kw.get("weights", 1.0)
     assert blocks.loss == pytest.approx(numpy_objective(p, W, blocks.logits, 0.8, beta).sum(), rel=1e-13)
 
 

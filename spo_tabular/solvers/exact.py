@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .. import _validation as v
+from .._threads import SMALL_WORK, torch_threads
 from ..choice_sets import data_events, pair_weights_from_samples, population_events
 from ..graphs import GraphReport, comparison_graph, is_complete
 from ..objectives import DTYPE, PairwiseObjective, SPOObjective, _laplacian
@@ -223,6 +224,22 @@ def _by_row_blocks(fn: Callable, *tensors: torch.Tensor) -> list:
     return [first] + [f.result() for f in futures]
 
 
+def _on_workers(fn: Callable, m: int) -> list:
+    """[fn(rows: slice)] over the row blocks of m contexts, in order, all on the pool's one-thread workers;
+    [fn(slice(None))] in the calling thread when there is one block.
+
+    With several blocks the calling thread only waits: a grid pass at its own (OpenMP) threads would
+    leave libgomp's helper thread spinning for milliseconds afterwards, on a core the blocks need.
+    """
+    k = _n_blocks(m)
+    if k < 2:
+        return [fn(slice(None))]
+    bounds = np.linspace(0, m, k + 1).astype(int).tolist()
+    pool = _pool(k)
+    futures = [pool.submit(fn, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [f.result() for f in futures]
+
+
 def _newton_in_blocks(obj: SPOObjective, solve: Callable):
     """solve(obj_rows, rows: slice) -> (z, ‖∇L‖∞, n_iter, converged, err, values) on row blocks of the contexts in parallel, merged.
 
@@ -231,14 +248,9 @@ def _newton_in_blocks(obj: SPOObjective, solve: Callable):
     LAPACK all run in parallel, where torch's intra-op threads would only share the large
     elementwise passes.
     """
-    m = obj.n_contexts
-    k = _n_blocks(m)
-    if k < 2:
-        return solve(obj, slice(None))
-    bounds = np.linspace(0, m, k + 1).astype(int).tolist()
-    pool = _pool(k)
-    futures = [pool.submit(solve, obj.rows(a, b), slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
-    parts = [f.result() for f in futures]
+    parts = _on_workers(lambda r: solve(obj if r == slice(None) else obj.rows(r.start, r.stop), r), obj.n_contexts)
+    if len(parts) == 1:
+        return parts[0]
     return (torch.cat([p[0] for p in parts]), max(p[1] for p in parts), max(p[2] for p in parts),
             all(p[3] for p in parts), max(p[4] for p in parts), torch.cat([p[5] for p in parts]))
 
@@ -471,13 +483,18 @@ def _backtrack(obj, z: torch.Tensor, d: torch.Tensor, slope: torch.Tensor, searc
     return torch.where(ok, t, torch.zeros_like(t))
 
 
-def _objective_inputs(problem, data, sampler, preference, out=None):
+def _objective_inputs(problem, data, sampler, preference, out=None, map_rows=None):
     """Pair mass W (m, n, n) and the beats support (m, n, n) bool for the existence check (None: complete).
 
-    `out`, an (m, n, n) float64 tensor, receives the population W (a reused buffer).
+    `out`, an (m, n, n) float64 tensor, receives the population W (a reused buffer); with `map_rows`
+    (as in SPOObjective) it is computed over row blocks.
     """
     if data is None:
-        W = _pair_mass(problem, sampler, preference, out=None if out is None else out.numpy())
+        if out is None or map_rows is None:
+            W = _pair_mass(problem, sampler, preference, out=None if out is None else out.numpy())
+        else:
+            W = out.numpy()
+            map_rows(lambda r: _pair_mass(problem, sampler, preference, out=W[r], rows=r), problem.n_contexts)
         if isinstance(sampler, str) and preference is None:
             # "uniform" and "ref" show every pair and Bradley–Terry gives P ∈ (0, 1) exactly (even
             # where exp underflows): every pair is compared both ways.
@@ -496,11 +513,16 @@ def _objective_inputs(problem, data, sampler, preference, out=None):
 
 def _result(obj, z, grad_norm, n_iter, converged, status, message, values=None) -> SolveResult:
     """The SolveResult at z; `values` (m,) are the per-context objective values there when the caller has them."""
-    logits = torch.log_softmax(z, dim=-1)
+    # Small work at one thread: a parallel region here would leave libgomp's helper thread spinning
+    # for milliseconds on a core that the next solve's row blocks need (measured: 7 ms of CPU per
+    # (256, 64) solve, the β = 0.1 solve 36 → 30 ms without it).
+    with torch_threads(1 if z.numel() < SMALL_WORK else None):
+        logits = torch.log_softmax(z, dim=-1)
+        policy = logits.exp()
     if values is None and isinstance(obj, SPOObjective):
         values = obj.values(z, out=_grid_work(2, *z.shape))    # in the cached buffers, no fresh grid
     loss = obj.value(z) if values is None else float(values.sum())
-    return SolveResult(policy=logits.exp().numpy(), logits=logits.numpy(), loss=loss,
+    return SolveResult(policy=policy.numpy(), logits=logits.numpy(), loss=loss,
                        grad_norm=grad_norm, n_iter=n_iter, converged=converged, message=message,
                        status=status)
 
@@ -515,27 +537,33 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
     beta = v.nonnegative_float("beta", beta)
     tol = v.positive_float("tol", tol)
     max_iter = v.positive_int("max_iter", max_iter)
+    m, n = problem.n_contexts, problem.n_actions
+    mu = None
+    if weights is not None:
+        mu = v.float_array("weights", weights, shape=(m, n, n))
+        if np.any(mu < 0):
+            raise ValueError("weights must be non-negative")
+    population_bt = data is None and preference is None
+    # μ > 0 off the diagonal keeps every log-odds finite: the start stays exact for the BT expert.
+    positive_mu = mu is None or bool(np.all(mu[:, ~np.eye(n, dtype=bool)] > 0))
+    # Where the start is exact (β = 0, Bradley–Terry mass) one pass at torch's own threads confirms
+    # it. Otherwise everything grid-sized, W and α(W + Wᵀ) too, runs in the row blocks on the
+    # workers: a grid pass in this thread would leave libgomp's helper spinning on a core they need.
+    exact_start = beta == 0.0 and population_bt and positive_mu
+    map_rows = None if exact_start else _on_workers
     # W and α(W + Wᵀ) go to this thread's reused buffers; nothing that holds them outlives the call.
-    with _objective_grids(problem.n_contexts, problem.n_actions) as (w_buf, s_buf):
-        W, beats = _objective_inputs(problem, data, sampler, preference, out=w_buf)
-        mu = None
-        if weights is not None:
-            mu = v.float_array("weights", weights, shape=W.shape)
-            if np.any(mu < 0):
-                raise ValueError("weights must be non-negative")
+    with _objective_grids(m, n) as (w_buf, s_buf):
+        W, beats = _objective_inputs(problem, data, sampler, preference, out=w_buf, map_rows=map_rows)
+        if mu is not None:
             W = W * mu
             beats = (mu > 0) if beats is None else beats & (mu > 0)
         obj = SPOObjective(W, alpha=alpha, beta=beta, log_ref=problem.log_ref,
-                           context_probs=problem.context_probs, out=s_buf)
+                           context_probs=problem.context_probs, out=s_buf, map_rows=map_rows)
         complete = beats is None or is_complete(beats)
-        graph = GraphReport.strongly_connected(problem.n_contexts) if complete else comparison_graph(beats)
-        population_bt = data is None and preference is None
-        # μ > 0 off the diagonal keeps every log-odds finite: the start stays exact for the BT expert.
-        positive_mu = weights is None or bool(np.all(mu[:, ~np.eye(problem.n_actions, dtype=bool)] > 0))
-        equal_weights = population_bt and weights is None and isinstance(sampler, str) and sampler == "uniform"
+        graph = GraphReport.strongly_connected(m) if complete else comparison_graph(beats)
+        equal_weights = population_bt and mu is None and isinstance(sampler, str) and sampler == "uniform"
         rewards = problem.rewards if population_bt and positive_mu else None
         ridge = torch.from_numpy(~graph.unique)
-        exact_start = beta == 0.0 and population_bt and positive_mu
 
         def start(o: SPOObjective, rows: slice, work=None) -> torch.Tensor:
             c, b = _log_odds_system(o.W, complete, None if rewards is None else rewards[rows],
@@ -552,10 +580,9 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
             return (z, *report, o.values(z, out=work))      # with the per-context loss, computed here in parallel
 
         # With β > 0 the KL term makes every context bounded and strictly determined.
-        no_kl = np.full(problem.n_contexts, beta == 0.0)
+        no_kl = np.full(m, beta == 0.0)
         return _finish(obj, lambda: start(obj, slice(None)), unbounded=graph.unbounded & no_kl,
                        non_unique=graph.non_unique & no_kl, tol=tol, max_iter=max_iter, loss="spo",
-                       # where the start is exact (β = 0, Bradley–Terry mass) one pass confirms it: no blocks
                        solve=lambda: solve(obj, slice(None)) if exact_start else _newton_in_blocks(obj, solve))
 
 
