@@ -10,24 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import warnings
 
 import numpy as np
 import torch
 
+from _common import best_time
 from spo_tabular import make_problem, sample_pairs, solve_exact
 from spo_tabular.metrics import tv
 from spo_tabular.solvers.batched import solve_exact_batched
-
-
-def best_time(fn, repeat):
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
 
 
 def run(n_contexts, n_actions, n_pairs, n_alpha, n_seeds, beta, repeat):

@@ -20,6 +20,7 @@ Prints each time (best of --repeat), the steps taken and the ratios from one run
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 import warnings
@@ -86,7 +87,11 @@ def ours(problem, data, target, threshold, *, alpha, check_every, **kwargs):
 
 
 def best(fn, repeat):
-    runs = [fn() for _ in range(repeat)]
+    """The fastest of `repeat` runs of fn() -> (seconds, ...), garbage collected before each."""
+    runs = []
+    for _ in range(repeat):
+        gc.collect()
+        runs.append(fn())
     return min(runs, key=lambda r: r[0])
 
 

@@ -1,5 +1,6 @@
 """The finite-data benchmark scripts run end to end on their --quick sizes (so they cannot rot)."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load(name):
+    if str(BENCH) not in sys.path:       # as when the script runs: its folder (and _common.py) on the path
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
