@@ -8,13 +8,15 @@ import time
 def best_time(fn, repeat: int = 3):
     """Minimum wall time of `repeat` calls of fn() and the last result (min: the least-disturbed run).
 
-    The garbage collector runs before each call, outside the timing: a contender that leaves cyclic
-    garbage behind (autograd graphs, optimiser state) would otherwise slow whatever is timed next
-    (measured: our 6 ms solve took 10–15 ms after an L-BFGS-B run until a collection).
+    The garbage collector runs once before the calls, outside the timing: a contender that leaves
+    cyclic garbage behind (autograd graphs, optimiser state) would otherwise slow whatever is timed
+    next (measured: our 6 ms solve took 10–15 ms after an L-BFGS-B run until a collection). Not
+    before every call: a collection walks every Python object and leaves the caches cold (a 2 ms
+    solve took 3.5 ms right after one).
     """
     best, out = float("inf"), None
+    gc.collect()
     for _ in range(max(1, repeat)):
-        gc.collect()
         t0 = time.perf_counter()
         out = fn()
         best = min(best, time.perf_counter() - t0)

@@ -87,11 +87,9 @@ def ours(problem, data, target, threshold, *, alpha, check_every, **kwargs):
 
 
 def best(fn, repeat):
-    """The fastest of `repeat` runs of fn() -> (seconds, ...), garbage collected before each."""
-    runs = []
-    for _ in range(repeat):
-        gc.collect()
-        runs.append(fn())
+    """The fastest of `repeat` runs of fn() -> (seconds, ...), garbage collected before them (as _common.best_time)."""
+    gc.collect()
+    runs = [fn() for _ in range(repeat)]
     return min(runs, key=lambda r: r[0])
 
 
