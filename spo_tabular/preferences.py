@@ -62,6 +62,11 @@ def _preference_matrix(problem: TabularProblem, preference=None, out: np.ndarray
 
 def pair_probs(problem: TabularProblem, sampler="uniform") -> np.ndarray:
     """q[x, i, j]: probability that the ordered pair (i, j), i ≠ j, is shown; shape (m, n, n), rows sum to 1."""
+    return _pair_probs(problem, sampler)
+
+
+def _pair_probs(problem: TabularProblem, sampler="uniform", rows: slice = slice(None)) -> np.ndarray:
+    """pair_probs for the contexts `rows` (a named sampler computes only those)."""
     _check_problem(problem)
     m, n = problem.n_contexts, problem.n_actions
     if not isinstance(sampler, str) and np.ndim(sampler) != 3:
@@ -70,9 +75,9 @@ def pair_probs(problem: TabularProblem, sampler="uniform") -> np.ndarray:
     if isinstance(sampler, str):
         v.choice("sampler", sampler, SAMPLERS)
         if sampler == "uniform":
-            q = np.full((m, n, n), 1.0 / (n * (n - 1)))
+            q = np.full((len(range(m)[rows]), n, n), 1.0 / (n * (n - 1)))
         else:  # "ref": i, j drawn independently from π_ref, conditioned on i ≠ j
-            p = problem.ref_policy
+            p = problem.ref_policy[rows]
             q = p[:, :, None] * p[:, None, :] / (1.0 - np.sum(p * p, axis=1))[:, None, None]
         q[:, np.arange(n), np.arange(n)] = 0.0
         return q
@@ -84,7 +89,7 @@ def pair_probs(problem: TabularProblem, sampler="uniform") -> np.ndarray:
     off = np.max(np.abs(q.sum(axis=(1, 2)) - 1.0))
     if off > 1e-9:
         raise ValueError(f"sampler (pair-probability array) must sum to 1 in each context; off by up to {off:.3g}")
-    return q
+    return q[rows]
 
 
 def pair_mass(problem: TabularProblem, *, sampler="uniform", preference=None) -> np.ndarray:
@@ -107,7 +112,7 @@ def _pair_mass(problem: TabularProblem, sampler="uniform", preference=None, out:
         W = np.multiply(P, scale, out=P if preference is None else out)
         W[:, np.arange(n), np.arange(n)] = 0.0
         return W
-    q = pair_probs(problem, sampler)[rows]
+    q = _pair_probs(problem, sampler, rows)
     return np.multiply(rho[:, None, None] * (q + q.transpose(0, 2, 1)), P, out=out)
 
 

@@ -169,7 +169,7 @@ def test_run_experiment_bad_name():
 def test_cli_on_a_dask_cluster(capsys):
     distributed = pytest.importorskip("dask.distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:   # any free port (xdist runs two at once)
         assert main(["experiment", "regularization", "--quick", "--json", "--quiet",
                      "--scheduler", cluster.scheduler_address]) == 0
     summary = json.loads(capsys.readouterr().out)

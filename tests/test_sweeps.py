@@ -164,7 +164,7 @@ def test_dask_local_cluster(tmp_path):
     configs = scaling.configs(scaling.QUICK)[:2]
     inline = run_sweep(scaling.task, configs, n_seeds=2, experiment="scaling", quiet=True)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:   # any free port (xdist runs two at once)
         by_address = run_sweep(scaling.task, configs, n_seeds=2, experiment="scaling",
                                scheduler=cluster.scheduler_address, journal=tmp_path / "d.jsonl", quiet=True)
         with distributed.Client(cluster) as client:
