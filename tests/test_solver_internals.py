@@ -333,3 +333,62 @@ def test_pool_workers_run_torch_at_one_thread_and_leave_the_default_alone(two_th
     assert seen == [2]                     # threads started later still get the caller's setting
     assert ex._n_blocks(10_000) == 2
     assert pool.submit(ex._n_blocks, 10_000).result() == 1    # no nested splitting inside a worker
+
+
+def test_log1p_exp_matches_logaddexp_across_overflow_and_underflow():
+    # log(1 + e^y) in place: exp-then-log1p below y = 700, the stable form above (e^y overflows
+    # past 709.78); numpy's logaddexp(0, y) is the independent reference.
+    from spo_tabular.objectives import _log1p_exp
+    y = np.concatenate([np.linspace(-800.0, 40.0, 2001), [-np.inf, 0.0, 699.9, 700.0]])
+    got = _log1p_exp(y.copy())
+    np.testing.assert_allclose(got, np.logaddexp(0.0, y), rtol=4e-16, atol=1e-300)
+    big = np.array([[650.0, 701.0], [710.0, 1e4]])       # any entry above 700: the stable branch
+    np.testing.assert_allclose(_log1p_exp(big.copy()), np.logaddexp(0.0, big), rtol=4e-16, atol=0)
+    out = np.array([1.0, -3.0])
+    assert _log1p_exp(out) is out                            # in place
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.4])
+def test_uniform_shown_objective_matches_the_grid_of_shown_mass(beta):
+    # The uniform sampler shows every pair equally for any preference model (P + Pᵀ = 1), so
+    # α(W + Wᵀ) may be one number per context; derivatives, values, rows and subsets must match
+    # the objective that keeps the grid. A non-Bradley–Terry expert makes W itself unstructured.
+    p = make_problem(7, 6, seed=5, ref="dirichlet")
+    P = 0.5 + 0.45 * np.tanh(p.rewards[:, :, None] - p.rewards[:, None, :]) ** 3
+    W = pair_mass(p, preference=P)
+    kw = dict(alpha=0.6, beta=beta, log_ref=p.log_ref, context_probs=p.context_probs)
+    grid, flat = SPOObjective(W, **kw), SPOObjective(W, uniform_shown=True, **kw)
+    assert flat.S_alpha is None and flat.shown_alpha.shape == (7,)
+    np.testing.assert_allclose(flat.shown_alpha.numpy(), grid.S_alpha[:, 0, 1].numpy(), rtol=1e-14)
+    z = 3.0 * torch.randn(7, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    work = (torch.empty(7, 6, 6, dtype=torch.float64), torch.empty(7, 6, 6, dtype=torch.float64))
+    for a, b in zip(flat.split_derivatives(z, out=work), grid.split_derivatives(z)):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-17)
+    torch.testing.assert_close(flat.preference_grad(z), grid.preference_grad(z), rtol=1e-13, atol=1e-17)
+    keep = torch.tensor([True, False, True, True, False, False, True])
+    for a, b in ((flat.subset(keep), grid.subset(keep)), (flat.rows(2, 5), grid.rows(2, 5))):
+        zz = z[keep] if a.n_contexts == 4 else z[2:5]
+        for x, y in zip(a.grad_hess(zz), b.grad_hess(zz)):
+            torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-17)
+    # the solver uses it for the uniform sampler: same minimiser as a solve on an explicit q
+    q = np.full((7, 6, 6), 1.0 / 30.0)
+    q[:, np.arange(6), np.arange(6)] = 0.0
+    a = solve_exact(p, alpha=0.6, beta=beta, preference=P)
+    b = solve_exact(p, alpha=0.6, beta=beta, preference=P, sampler=q)
+    np.testing.assert_allclose(a.logits, b.logits, rtol=0, atol=1e-11)
+    assert a.loss == pytest.approx(b.loss, rel=1e-13)
+
+
+def test_retirement_copies_go_to_two_alternating_slots():
+    obj = objective(12, 5, seed=6)
+    keep1 = torch.arange(12) % 3 != 0
+    buf1 = ex._retire_grid(obj.S_alpha, int(keep1.sum()))
+    sub1 = obj.subset(keep1, out_grid=buf1)
+    assert torch.equal(sub1.S_alpha, obj.S_alpha[keep1]) and sub1.S_alpha.data_ptr() == buf1.data_ptr()
+    keep2 = torch.tensor([True, False] * 4)
+    buf2 = ex._retire_grid(sub1.S_alpha, 4)                # the source's slot is skipped
+    assert buf2.untyped_storage().data_ptr() != buf1.untyped_storage().data_ptr()
+    sub2 = sub1.subset(keep2, out_grid=buf2)
+    assert torch.equal(sub2.S_alpha, obj.S_alpha[keep1][keep2])
+    buf3 = ex._retire_grid(sub2.S_alpha, 2)                 # and back to the first slot
+    assert buf3.untyped_storage().data_ptr() == buf1.untyped_storage().data_ptr()

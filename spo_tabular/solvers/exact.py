@@ -373,7 +373,16 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
         if hasattr(sub, "subset") and 4 * int(done.sum()) >= done.numel():
             z[idx[done]] = zs[done]             # retire converged contexts
             keep = ~done
-            idx, sub, zs, g, H = idx[keep], sub.subset(keep), zs[keep], g[keep], H[keep]
+            if split:
+                # The kept rows go to reused buffers (a fresh grid-sized copy costs its page faults,
+                # ~2 ms a solve at (128, 64)): H to the first work buffer, free until the next
+                # derivatives, and α(W + Wᵀ) to whichever of two retirement slots the source is not in.
+                k = int(keep.sum())
+                H = torch.index_select(H, 0, keep.nonzero()[:, 0], out=work[0][:k])
+                sub = sub.subset(keep, out_grid=None if sub.S_alpha is None else _retire_grid(sub.S_alpha, k))
+            else:
+                H, sub = H[keep], sub.subset(keep)
+            idx, zs, g = idx[keep], zs[keep], g[keep]
             floor, mass, done = floor[keep], mass[keep], done[keep]
             if split:
                 fn = fn[keep]
@@ -449,6 +458,17 @@ def _grid_work(k: int, m: int, n: int, slot: str = "work") -> tuple:
             cache[slot] = buf
     size = m * n * n
     return tuple(buf[i * size:(i + 1) * size].view(m, n, n) for i in range(k))
+
+
+def _retire_grid(source: torch.Tensor, k: int) -> torch.Tensor:
+    """A (k, n, n) buffer for the kept rows of `source` (m, n, n) when _newton retires contexts: one of this
+    thread's two retirement slots, the one `source` does not live in (retirements chain)."""
+    n = source.shape[1]
+    for slot in ("retire0", "retire1"):
+        buf = _grid_work(1, k, n, slot=slot)[0]
+        if buf.untyped_storage().data_ptr() != source.untyped_storage().data_ptr():
+            return buf
+    raise AssertionError("unreachable: two slots cannot both hold the source")  # pragma: no cover
 
 
 @contextlib.contextmanager
@@ -563,8 +583,12 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
         if mu is not None:
             W = W * mu
             beats = (mu > 0) if beats is None else beats & (mu > 0)
+        # The uniform sampler's population mass shows every pair equally (P + Pᵀ = 1 for every
+        # preference model): W + Wᵀ is one number per context, and no grid of it is built.
+        uniform_shown = data is None and mu is None and isinstance(sampler, str) and sampler == "uniform"
         obj = SPOObjective(W, alpha=alpha, beta=beta, log_ref=problem.log_ref,
-                           context_probs=problem.context_probs, out=s_buf, map_rows=map_rows)
+                           context_probs=problem.context_probs, out=s_buf, map_rows=map_rows,
+                           uniform_shown=uniform_shown)
         complete = beats is None or is_complete(beats)
         graph = GraphReport.strongly_connected(m) if complete else comparison_graph(beats)
         equal_weights = population_bt and mu is None and isinstance(sampler, str) and sampler == "uniform"
@@ -572,9 +596,15 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
         ridge = torch.from_numpy(~graph.unique)
 
         def start(o: SPOObjective, rows: slice, work=None) -> torch.Tensor:
+            c = None if work is None else work[0]
+            if o.S_alpha is None:       # uniform_shown: c_x off the diagonal
+                c = (o.shown_alpha / alpha)[:, None, None].expand_as(o.W).clone() if c is None else \
+                    c.copy_((o.shown_alpha / alpha)[:, None, None].expand_as(c))
+                c.diagonal(dim1=1, dim2=2).zero_()
+            else:
+                c = torch.div(o.S_alpha, alpha, out=c)
             c, b = _log_odds_system(o.W, complete, None if rewards is None else rewards[rows],
-                                    weights=None if mu is None else mu[rows], out=work,
-                                    c=torch.div(o.S_alpha, alpha, out=None if work is None else work[0]))
+                                    weights=None if mu is None else mu[rows], out=work, c=c)
             return _log_odds_start(c, b, alpha, ridge[rows], equal_weights=equal_weights)
 
         def solve(o: SPOObjective, rows: slice):
