@@ -109,13 +109,14 @@ class PairwiseObjective:
         # The three rank-one terms as one batched product: [p, pv] @ [p + pv, p]ᵀ; with `add_to`,
         # weight·∇²KL is accumulated into that tensor in place (one pass, no temporary).
         w = torch.ones(p.shape[0], dtype=p.dtype) if weight is None else weight
+        p_pv = p + pv                                                # π(1 + v)
         U = torch.stack((p, pv), dim=2) * w[:, None, None]          # (m, n, 2)
-        V = torch.stack((p + pv, p), dim=2)                          # (m, n, 2)
+        V = torch.stack((p_pv, p), dim=2)                            # (m, n, 2)
         if add_to is None:
             H = -torch.bmm(U, V.transpose(1, 2))
         else:
             H = add_to.baddbmm_(U, V.transpose(1, 2), alpha=-1.0)
-        H.diagonal(dim1=1, dim2=2).add_(w[:, None] * p * (1.0 + vv))
+        H.diagonal(dim1=1, dim2=2).add_(w[:, None] * p_pv)
         return pv, H, kl
 
     # -- the non-convex part N = β ρ KL, cheap (m, n) work -----------------------------------
@@ -260,6 +261,16 @@ class SPOObjective(PairwiseObjective):
         out.n_contexts = stop - start
         if self.offset is not None:
             out.offset = self.offset[start:stop]
+        return out
+
+    def astype(self, dtype: torch.dtype) -> "SPOObjective":
+        """The same objective computing its derivatives in `dtype` (float32: a solver's cheap early Newton
+        iterations); W, and so the objective values, stay as they are."""
+        out = object.__new__(SPOObjective)
+        out.__dict__.update(self.__dict__)
+        for name in ("S_alpha", "shown_alpha", "lost", "log_ref", "context_probs", "beta", "alpha", "_alpha3"):
+            value = getattr(self, name)
+            setattr(out, name, None if value is None else value.to(dtype))
         return out
 
     def subset(self, keep: Tensor, out_grid: Tensor | None = None) -> "SPOObjective":

@@ -392,3 +392,63 @@ def test_retirement_copies_go_to_two_alternating_slots():
     assert torch.equal(sub2.S_alpha, obj.S_alpha[keep1][keep2])
     buf3 = ex._retire_grid(sub2.S_alpha, 2)                 # and back to the first slot
     assert buf3.untyped_storage().data_ptr() == buf1.untyped_storage().data_ptr()
+
+
+def test_float32_twin_has_the_same_derivatives_to_single_precision():
+    obj = objective(6, 12, seed=3, beta=0.5)
+    low = obj.astype(torch.float32)
+    assert low.log_ref.dtype == torch.float32 and low.W.dtype == torch.float64   # W (values) stays
+    z = 2.0 * torch.randn(6, 12, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for a, b in zip(low.split_derivatives(z.float()), obj.split_derivatives(z)):
+        assert a.dtype == torch.float32
+        scale = float(b.abs().max())
+        assert float((a.double() - b).abs().max()) <= 1e-6 * scale
+
+
+def test_float32_cholesky_into_buffers_and_failed_rows_flagged():
+    gen = torch.Generator().manual_seed(5)
+    X = torch.randn(4, 7, 7, generator=gen, dtype=torch.float32)
+    A = X @ X.mT + 7 * torch.eye(7)
+    A[2] = -A[2]                                              # not positive definite
+    L, bad = ex._cholesky_block(A.clone())
+    assert L.dtype == torch.float32 and bad.tolist() == [False, False, True, False]
+    ok = [0, 1, 3]
+    np.testing.assert_allclose(L[ok].numpy(), np.linalg.cholesky(A[ok].numpy()), rtol=1e-5, atol=1e-5)
+    d, bad2 = ex._cholesky_step_block(A[ok].clone(), torch.ones(3, 7, dtype=torch.float64), in_place=True)
+    want = -np.linalg.solve(A[ok].double().numpy(), np.ones((3, 7, 1)))[..., 0]
+    assert d.dtype == torch.float32
+    np.testing.assert_allclose(d.numpy(), want, rtol=1e-4, atol=1e-6)
+    assert not bool(bad2.any())
+
+
+def test_float32_work_buffers_share_the_cached_storage():
+    a = ex._grid_work(2, 16, 8, slot="lowp", dtype=torch.float32)
+    b = ex._grid_work(2, 16, 8, slot="lowp", dtype=torch.float32)
+    assert a[0].dtype == torch.float32 and a[0].shape == (16, 8, 8)
+    assert a[0].data_ptr() == b[0].data_ptr() and a[1].data_ptr() == a[0].data_ptr() + 16 * 8 * 8 * 4
+    c = ex._grid_work(1, 16, 8, slot="lowp")                  # the same slot, as float64
+    assert c[0].dtype == torch.float64 and c[0].untyped_storage().data_ptr() == a[0].untyped_storage().data_ptr()
+
+
+def test_newton_with_a_float32_twin_reaches_the_float64_minimiser(monkeypatch):
+    # The early iterations in float32, the last ones (and the convergence test) in float64: the
+    # same minimiser as an all-float64 Newton, to the float64 tolerance.
+    obj = objective(40, 20, seed=6, beta=0.3)
+    z0 = torch.randn(40, 20, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    precisions = []
+    real = ex._derivatives
+
+    def spy(o, z, work=None, lowp=None):
+        precisions.append("f32" if lowp is not None else "f64")
+        return real(o, z, work, lowp)
+
+    monkeypatch.setattr(ex, "_derivatives", spy)
+    z64, g64, _, ok64, err64 = ex._newton(obj, z0, tol=1e-12, max_iter=100)
+    assert set(precisions) == {"f64"}
+    precisions.clear()
+    z32, g32, _, ok32, err32 = ex._newton(obj, z0, tol=1e-12, max_iter=100, lowp=obj.astype(torch.float32))
+    assert ok64 and ok32 and err32 <= 1e-12
+    assert precisions[0] == "f32" and precisions[-1] == "f64" and "f32" not in precisions[precisions.index("f64"):]
+    p64, p32 = torch.softmax(z64, -1), torch.softmax(z32, -1)
+    assert float((p64 - p32).abs().sum(-1).max()) <= 1e-12
+    assert float(obj.grad(z32).abs().max()) <= 1e-14

@@ -264,7 +264,8 @@ def _newton_direction(g: torch.Tensor, H: torch.Tensor, rebuild: Callable | None
     so −M⁻¹g is still a descent direction and escapes the saddles. Factor and solve run in
     parallel row blocks. Returned normalised to mean zero per context. With `rebuild` (a (m,) bool
     mask -> those rows of H again) H is factored in place, and the rare rows that need the
-    saddle-free fallback are rebuilt.
+    saddle-free fallback are rebuilt. H may be float32 (a cheap early iteration): the step is then
+    solved in float32 and returned in g's dtype.
     """
     n = H.shape[1]
     scale = torch.diagonal(H, dim1=1, dim2=2).abs().mean(dim=1)
@@ -279,13 +280,14 @@ def _newton_direction(g: torch.Tensor, H: torch.Tensor, rebuild: Callable | None
         try:
             lam, U = torch.linalg.eigh(failed)
             lam = lam.abs().clamp(min=1e-10 * scale[bad, None])
-            d[bad] = -(U @ ((U.mT @ g[bad][..., None])[..., 0] / lam)[..., None])[..., 0]
+            d[bad] = -(U @ ((U.mT @ g[bad].to(U.dtype)[..., None])[..., 0] / lam)[..., None])[..., 0].to(d.dtype)
         except torch.linalg.LinAlgError:
             # Numerically singular beyond repair (e.g. probabilities that underflow): a diagonally
             # scaled gradient step; the line search keeps it a descent step.
             diag = torch.diagonal(failed, dim1=1, dim2=2).abs()
-            d[bad] = -g[bad] / torch.maximum(diag, scale[bad, None]).clamp(min=torch.finfo(H.dtype).tiny)
-    return d - d.mean(dim=1, keepdim=True)
+            d[bad] = (-g[bad].to(diag.dtype) / torch.maximum(diag, scale[bad, None]).clamp(
+                min=torch.finfo(H.dtype).tiny)).to(d.dtype)
+    return (d - d.mean(dim=1, keepdim=True)).to(g.dtype)
 
 
 def _cholesky_block(A: torch.Tensor, in_place: bool = False):
@@ -299,10 +301,11 @@ def _cholesky_block(A: torch.Tensor, in_place: bool = False):
     fewer for the cache (two row blocks' working sets fit the 32 MB L3 of the machines measured:
     1.09× on the β = 0.1 solve at (256, 64)).
     """
-    if A.dtype == torch.float64 and A.device.type == "cpu" and _CHOLESKY_LO is not None:
-        L = A if in_place else _grid_work(1, A.shape[0], A.shape[1], slot="cholesky")[0]
+    signature = {torch.float64: "d->d", torch.float32: "f->f"}.get(A.dtype)
+    if signature and A.device.type == "cpu" and _CHOLESKY_LO is not None:
+        L = A if in_place else _grid_work(1, A.shape[0], A.shape[1], slot="cholesky", dtype=A.dtype)[0]
         with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
-            _CHOLESKY_LO(A.numpy(), out=L.numpy(), signature="d->d")
+            _CHOLESKY_LO(A.numpy(), out=L.numpy(), signature=signature)
         return L, torch.isnan(L.diagonal(dim1=1, dim2=2)).any(dim=1)
     L, info = torch.linalg.cholesky_ex(A)
     return L, info != 0
@@ -318,12 +321,12 @@ def _cholesky_step_block(A: torch.Tensor, g: torch.Tensor, in_place: bool = Fals
     """(−A⁻¹g (k, n), failed (k,) bool) for a block of symmetric matrices A (k, n, n); failed rows are not PD
     (with `in_place`, A is consumed)."""
     L, bad = _cholesky_block(A, in_place)
-    y = torch.linalg.solve_triangular(L, -g[..., None], upper=False)
+    y = torch.linalg.solve_triangular(L, -g.to(L.dtype)[..., None], upper=False)
     return torch.linalg.solve_triangular(L.mT, y, upper=True)[..., 0], bad
 
 
 def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: int, polish: float = 16.0,
-            start=None, work=None):
+            start=None, work=None, lowp=None):
     """Batched damped Newton until every context's scaled gradient max_i |∂L/∂z_i| / |∂²L/∂z_i²| ≤ tol.
 
     The ratio estimates the remaining error of each logit; a context keeps iterating until it is
@@ -333,6 +336,11 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     A context whose step has shrunk to round-off is stopped where it is. `start` may pass
     obj.split_derivatives(z) when the caller already has it. Returns
     (z, ‖∇L‖∞, n_iter, converged, max scaled gradient).
+
+    `lowp`, obj's float32 twin (SPOObjective.astype), computes the derivatives and factorisations
+    of the early iterations, while some context's scaled gradient exceeds _LOWP_ERR and before any
+    has converged: half the memory traffic and faster LAPACK where the step only needs a few
+    digits. Every context then takes its last steps, and is judged converged, in float64.
 
     Step acceptance without objective values, when the objective is a convex term P plus a cheap
     non-convex N (`obj.split_convex`: the preference term and β·KL): convexity bounds the change of
@@ -351,53 +359,82 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     sub, zs = obj, z
     mass = sub.context_mass()
     floor = tiny + 1e-30 * mass[:, None]
+    g_tiny = 4 * eps * mass                      # a gradient at round-off level for the context's mass
+    done_err = tol / polish
+    any_stalled = False
     n_iter = 0
     split = bool(getattr(obj, "split_convex", False)) and hasattr(obj, "subset")
     if split and work is None:
         work = _grid_work(2, m, z.shape[1])
+    err_max = float("inf")
+
+    def derivatives(o, x: torch.Tensor) -> tuple:
+        return _derivatives(o, x, work, lowp if lowp is not None and o is obj and err_max > _LOWP_ERR else None)
+
     pending = start
     for it in range(max_iter + 1):
         if pending is None:
-            pending = sub.split_derivatives(zs, out=_rows(work, zs)) if split else sub.grad_hess(zs) + (None, None)
+            pending = derivatives(sub, zs) if split else sub.grad_hess(zs) + (None, None)
         g, H, gn, fn = pending
         pending = None
-        err = (g.abs() / torch.diagonal(H, dim1=1, dim2=2).abs().clamp(min=floor)).amax(dim=1)
-        gmax = g.abs().amax(dim=1)
-        err_all[idx], gmax_all[idx] = err, gmax
+        g_abs = g.abs()
+        err = (g_abs / torch.diagonal(H, dim1=1, dim2=2).abs().to(g.dtype).clamp_(min=floor)).amax(dim=1)
+        gmax = g_abs.amax(dim=1)
         # Done: the scaled gradient is below tol, or the gradient itself is at round-off level
         # (where probabilities underflow the Hessian vanishes and no step can improve anything).
-        done = (err <= tol / polish) | (gmax <= 4 * eps * mass) | stalled_all[idx]
-        if bool(done.all()) or it == max_iter:
+        # (Few small ops per iteration: two solves in parallel threads hand the GIL back and forth
+        # at every op.)
+        done = (err <= done_err) | (gmax <= g_tiny)
+        if any_stalled:
+            done |= stalled_all[idx]
+        n_done = int(done.sum())
+        if n_done == done.numel() or it == max_iter:
+            err_all[idx], gmax_all[idx] = err, gmax
             break
         n_iter = it + 1
-        if hasattr(sub, "subset") and 4 * int(done.sum()) >= done.numel():
+        if lowp is not None:
+            err_max = float(err.max())
+        if hasattr(sub, "subset") and 4 * n_done >= done.numel():
             z[idx[done]] = zs[done]             # retire converged contexts
+            err_all[idx[done]], gmax_all[idx[done]] = err[done], gmax[done]
             keep = ~done
             if split:
                 # The kept rows go to reused buffers (a fresh grid-sized copy costs its page faults,
                 # ~2 ms a solve at (128, 64)): H to the first work buffer, free until the next
                 # derivatives, and α(W + Wᵀ) to whichever of two retirement slots the source is not in.
                 k = int(keep.sum())
-                H = torch.index_select(H, 0, keep.nonzero()[:, 0], out=work[0][:k])
+                H = torch.index_select(H, 0, keep.nonzero()[:, 0], out=work[0][:k]) if H.dtype == work[0].dtype \
+                    else H[keep]
                 sub = sub.subset(keep, out_grid=None if sub.S_alpha is None else _retire_grid(sub.S_alpha, k))
             else:
                 H, sub = H[keep], sub.subset(keep)
             idx, zs, g = idx[keep], zs[keep], g[keep]
-            floor, mass, done = floor[keep], mass[keep], done[keep]
+            floor, mass, g_tiny = floor[keep], mass[keep], g_tiny[keep]
             if split:
                 fn = fn[keep]
+            n_done = 0
         d = _newton_direction(g, H, rebuild=functools.partial(_hessian_rows, sub, zs))
-        d[done] = 0.0
+        if n_done:
+            d[done] = 0.0
+        d_max = d.abs().amax(dim=1)
         slope = (g * d).sum(dim=1)                                  # < 0: a descent direction
         # A step this small is deep in Newton's quadratic region: take it whole, no test.
-        small = (d.abs().amax(dim=1) <= 0.05) | done
+        small = d_max <= 0.05
+        if n_done:
+            small |= done
         if split:
-            z_new, pending, t = _split_step(sub, zs, d, slope, fn, small, work)
+            z_new, pending, t = _split_step(sub, zs, d, slope, fn, small, derivatives)
         else:
             t = torch.ones_like(slope) if bool(small.all()) else _backtrack(sub, zs, d, slope, ~small)
             z_new = zs + t[:, None] * d
-        step = (t[:, None] * d).abs().amax(dim=1)
-        stalled_all[idx] |= (step <= 4 * eps * (1.0 + z_new.abs().amax(dim=1))) & ~done
+        step = t * d_max
+        if float(step.min()) <= 4 * eps * (1.0 + float(torch.linalg.vector_norm(z_new, float("inf")))):
+            stalled = (step <= 4 * eps * (1.0 + z_new.abs().amax(dim=1)))
+            if n_done:
+                stalled &= ~done
+            if bool(stalled.any()):
+                stalled_all[idx[stalled]] = True
+                any_stalled = True
         zs = z_new
     if zs is not z:
         z[idx] = zs
@@ -405,6 +442,19 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     full_mass = obj.context_mass()
     finished = (err_all <= tol) | (gmax_all <= 4 * eps * full_mass) | (stalled_all & (gmax_all <= 1e3 * eps * full_mass))
     return z, float(gmax_all.max()), n_iter, bool(finished.all()), float(err_all.max())
+
+
+_LOWP_ERR = 0.05    # _newton's float32 iterations run while some context's scaled gradient exceeds this
+
+
+def _derivatives(obj, z: torch.Tensor, work=None, lowp=None) -> tuple:
+    """obj.split_derivatives(z) in the (m, n, n) buffers `work`, or with `lowp` (obj's float32 twin) in this
+    thread's float32 buffers: then ∇L, ∇N and N come back in z's dtype and the Hessian in float32."""
+    if lowp is None:
+        return obj.split_derivatives(z, out=None if work is None else _rows(work, z))
+    low = lowp.log_ref.dtype
+    g, H, gn, fn = lowp.split_derivatives(z.to(low), out=_grid_work(2, *z.shape, slot="lowp", dtype=low))
+    return g.to(z.dtype), H, gn.to(z.dtype), fn.to(z.dtype)
 
 
 def _hessian_rows(obj, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -418,13 +468,13 @@ _WORK = threading.local()
 _WORK_CACHE_BYTES = 64 * 2**20
 
 
-def _split_step(obj, z, d, slope, fn, small, work):
+def _split_step(obj, z, d, slope, fn, small, derivatives):
     """z + t·d with t = 1 where the convexity bound meets Armijo (or `small`), else backtracked: (z', derivatives at z', t).
 
-    fn (m,) is the non-convex part N(z); `work` holds the (m, n, n) buffers the derivatives go to.
+    fn (m,) is the non-convex part N(z); derivatives(obj, z) is _newton's (_derivatives in its buffers).
     """
     z_new = z + d
-    derivs = obj.split_derivatives(z_new, out=_rows(work, z_new))
+    derivs = derivatives(obj, z_new)
     g_new, _, gn_new, fn_new = derivs
     bound = ((g_new - gn_new) * d).sum(dim=1) + fn_new - fn
     redo = ~((bound <= 1e-4 * slope) | small)
@@ -434,11 +484,11 @@ def _split_step(obj, z, d, slope, fn, small, work):
         t[redo] = _backtrack(part, z[redo], d[redo], slope[redo])
         z_new[redo] = z[redo] + t[redo, None] * d[redo]
         for full, new in zip(derivs, part.split_derivatives(z_new[redo])):
-            full[redo] = new
+            full[redo] = new.to(full.dtype)
     return z_new, derivs, t
 
 
-def _grid_work(k: int, m: int, n: int, slot: str = "work") -> tuple:
+def _grid_work(k: int, m: int, n: int, slot: str = "work", dtype: torch.dtype = DTYPE) -> tuple:
     """k float64 buffers of shape (m, n, n), reused from call to call: the solver's derivatives ("work"),
     the objective's W and α(W + Wᵀ) ("objective"), Cholesky factors ("cholesky").
 
@@ -449,15 +499,16 @@ def _grid_work(k: int, m: int, n: int, slot: str = "work") -> tuple:
     block per slot and thread is kept (up to 64 MiB, so (256, 64) problems and smaller); bigger ones
     are allocated per call, where the passes outweigh the faults.
     """
-    need = k * m * n * n
+    size = m * n * n
+    need = -(-k * size * torch.finfo(dtype).bits // 64)           # float64 words (any float dtype)
     cache = _WORK.__dict__.setdefault("slots", {})
     buf = cache.get(slot)
     if buf is None or buf.numel() < need:
         buf = torch.empty(need, dtype=DTYPE)
         if need * 8 <= _WORK_CACHE_BYTES:
             cache[slot] = buf
-    size = m * n * n
-    return tuple(buf[i * size:(i + 1) * size].view(m, n, n) for i in range(k))
+    flat = buf[:need].view(dtype)
+    return tuple(flat[i * size:(i + 1) * size].view(m, n, n) for i in range(k))
 
 
 def _retire_grid(source: torch.Tensor, k: int) -> torch.Tensor:
@@ -608,11 +659,18 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
             return _log_odds_start(c, b, alpha, ridge[rows], equal_weights=equal_weights)
 
         def solve(o: SPOObjective, rows: slice):
-            work, first = _grid_work(2, o.n_contexts, o.n_actions), None
+            work, first, lowp = _grid_work(2, o.n_contexts, o.n_actions), None, None
             z = start(o, rows, work)
             if beta > 0:
-                z, first = _better_start(o, _kl_quadratic_start(o, z, work), o.log_ref, work)
-            z, *report = _newton(o, z, tol=tol, max_iter=max_iter, start=first, work=work)
+                # The start and the early iterations in float32 where the grids are large enough
+                # for it to matter (_newton's `lowp`).
+                if n >= 16:
+                    lowp = o.astype(torch.float32)
+                    z_q = _kl_quadratic_start(lowp, z.float(), _grid_work(2, *z.shape, slot="lowp", dtype=torch.float32))
+                else:
+                    z_q = _kl_quadratic_start(o, z, work)
+                z, first = _better_start(o, z_q.to(z.dtype), o.log_ref, work, lowp)
+            z, *report = _newton(o, z, tol=tol, max_iter=max_iter, start=first, work=work, lowp=lowp)
             return (z, *report, o.values(z, out=work))      # with the per-context loss, computed here in parallel
 
         # With β > 0 the KL term makes every context bounded and strictly determined.
@@ -622,16 +680,17 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
                        solve=lambda: solve(obj, slice(None)) if exact_start else _newton_in_blocks(obj, solve))
 
 
-def _better_start(obj: SPOObjective, z0: torch.Tensor, z1: torch.Tensor, work=None):
+def _better_start(obj: SPOObjective, z0: torch.Tensor, z1: torch.Tensor, work=None, lowp=None):
     """Per context, whichever of z0 and z1 (m, n) has the lower objective, with obj.split_derivatives there.
 
     Where the KL term dominates, log π_ref can be a better start than the preference fit (the KL is
     not convex in z; a bad start can stall). Convexity of the preference term P decides most contexts
     without objective values: L(z0) − L(z1) ≤ ∇P(z0)·(z0 − z1) + N(z0) − N(z1) ≤ 0 keeps z0; only the
-    undecided contexts are evaluated. Returns (z, derivatives at z) for the first Newton iteration.
+    undecided contexts are evaluated. Returns (z, derivatives at z) for the first Newton iteration,
+    through `lowp` (_derivatives) when given.
     """
     z0, z1 = z0.clone(), z1.expand_as(z0)
-    derivs = obj.split_derivatives(z0, out=work)
+    derivs = _derivatives(obj, z0, work, lowp)
     g, _, gn, fn = derivs
     bound = ((g - gn) * (z0 - z1)).sum(dim=1) + fn - obj.nonconvex_values(z1)
     unsure = bound > 0
@@ -643,7 +702,7 @@ def _better_start(obj: SPOObjective, z0: torch.Tensor, z1: torch.Tensor, work=No
             rows = rows[swap]
             z0[rows] = z1[rows]
             for full, new in zip(derivs, part.subset(swap).split_derivatives(z0[rows])):
-                full[rows] = new
+                full[rows] = new.to(full.dtype)
     return z0, derivs
 
 
