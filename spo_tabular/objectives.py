@@ -233,9 +233,16 @@ class SPOObjective(PairwiseObjective):
 
         parts = [shown_and_lost(slice(None))] if map_rows is None else map_rows(shown_and_lost, m)
         self.lost = parts[0] if len(parts) == 1 else torch.cat(parts)
+        self._lost_half = self._shown = None
         if uniform_shown:
             # Σ_ij W_ij = c_x · n(n − 1)/2 (each unordered pair once in W + Wᵀ).
-            self.shown_alpha = self.alpha * self.lost.sum(dim=1) * (2.0 / max(n * (n - 1), 1))
+            self._shown = self.lost.sum(dim=1) * (2.0 / max(n * (n - 1), 1))          # c_x
+            self.shown_alpha = self.alpha * self._shown
+            self._lost_half = self.lost + 0.5 * self._shown[:, None]     # the s_ii = ½ terms, folded in
+
+    # Per-context fields that rows, subsets and casts carry along (None where unused).
+    _ROW_FIELDS = ("S_alpha", "shown_alpha", "_shown", "_lost_half", "lost", "log_ref", "context_probs",
+                   "beta", "alpha", "_alpha3")
 
     # W is needed only for objective values, which the solver rarely asks of a subset: a subset
     # copies its rows of W on first use (one (m, n, n) copy fewer per retirement of contexts).
@@ -255,7 +262,7 @@ class SPOObjective(PairwiseObjective):
         """The same objective on contexts start..stop−1, sharing this one's memory (views, no copies)."""
         out = object.__new__(SPOObjective)
         out.__dict__.update(self.__dict__)
-        for name in ("_W", "S_alpha", "shown_alpha", "lost", "log_ref", "context_probs", "beta", "alpha", "_alpha3"):
+        for name in ("_W",) + self._ROW_FIELDS:
             value = self.W if name == "_W" else getattr(self, name)
             setattr(out, name, None if value is None else value[start:stop])
         out.n_contexts = stop - start
@@ -268,7 +275,7 @@ class SPOObjective(PairwiseObjective):
         iterations); W, and so the objective values, stay as they are."""
         out = object.__new__(SPOObjective)
         out.__dict__.update(self.__dict__)
-        for name in ("S_alpha", "shown_alpha", "lost", "log_ref", "context_probs", "beta", "alpha", "_alpha3"):
+        for name in self._ROW_FIELDS:
             value = getattr(self, name)
             setattr(out, name, None if value is None else value.to(dtype))
         return out
@@ -279,7 +286,7 @@ class SPOObjective(PairwiseObjective):
         out = object.__new__(SPOObjective)
         out.__dict__.update(self.__dict__)
         out.__dict__["_W"], out.__dict__["_W_rows"] = None, (self, keep)
-        for name in ("S_alpha", "shown_alpha", "lost", "log_ref", "context_probs", "beta", "alpha", "_alpha3"):
+        for name in self._ROW_FIELDS:
             value = getattr(self, name)
             if name == "S_alpha" and value is not None and out_grid is not None:
                 out.S_alpha = torch.index_select(value, 0, keep.nonzero()[:, 0], out=out_grid)
@@ -295,19 +302,27 @@ class SPOObjective(PairwiseObjective):
         return self.lost.sum(dim=1) + self.beta * self.context_probs
 
     def preference_values(self, z: Tensor, out=None) -> Tensor:
-        # −(1/α) log σ(αd) = (1/α) log(1 + e^−αd), with α folded into z first (one pass fewer), from
-        # numpy's vectorised exp and log1p (3–7× faster than torch's float64 log-sigmoid kernel, whose
-        # speed also depends on the data), then W ⊙ that summed per context. With `out`, in the
-        # caller's (m, n, n) buffers: no grid-sized allocation.
+        # −(1/α) log σ(αd), with α folded into z first (one pass fewer), as log of torch's sigmoid
+        # (vectorised, at torch's threads) by numpy's vectorised log, where no σ underflows; else as
+        # (1/α) log(1 + e^−αd) by numpy's exp and log1p. Both 3–7× faster than torch's float64
+        # log-sigmoid kernel, whose speed also depends on the data. With `out`, in the caller's
+        # (m, n, n) buffers: no grid-sized allocation.
         az = self.alpha[:, None] * z
         if z.device.type != "cpu" or (out is None and torch.is_grad_enabled()
                                       and (z.requires_grad or self.W.requires_grad)):
             # on a GPU, or differentiable (autograd checks of the derivatives): torch's own log-sigmoid
             ls = F.logsigmoid(az[:, :, None] - az[:, None, :])
             return -torch.einsum("xij,xij->x", self.W, ls) / self.alpha
-        y = torch.sub(az[:, None, :], az[:, :, None], out=None if out is None else out[0])   # −αd
-        _log1p_exp(y.numpy())
-        return torch.mul(self.W, y, out=None if out is None else out[1]).sum(dim=(1, 2)) / self.alpha
+        x = torch.sub(az[:, :, None], az[:, None, :], out=None if out is None else out[0])   # αd
+        if float(x.min()) > -700.0:
+            # σ(x) ≥ e^−700 keeps its relative accuracy; where it rounds to 1 (x > 37) log σ(x) = −e^−x
+            # is below 1e-16: the terms' absolute error stays at round-off.
+            np.log(x.sigmoid_().numpy(), out=x.numpy())                 # log σ(αd)
+            sign = -1.0
+        else:
+            _log1p_exp(x.neg_().numpy())                                 # −log σ(αd) = log(1 + e^−αd)
+            sign = 1.0
+        return torch.mul(self.W, x, out=None if out is None else out[1]).sum(dim=(1, 2)).mul_(sign) / self.alpha
 
     def values(self, z: Tensor, out=None) -> Tensor:
         """Per-context objective f_x(z_x), shape (m,); `out` as in split_derivatives."""
@@ -322,12 +337,28 @@ class SPOObjective(PairwiseObjective):
 
     def _uniform_shown_grad(self, s: Tensor) -> Tensor:
         # Σ_{j≠i} c s_ij = c (Σ_j s_ij − s_ii), s_ii = σ(0) = ½ exactly.
-        return self.lost - (self.shown_alpha / self.alpha)[:, None] * (s.sum(dim=2) - 0.5)
+        return torch.addcmul(self._lost_half, self._shown[:, None], s.sum(dim=2), value=-1.0)
 
     def preference_grad(self, z: Tensor) -> Tensor:
         if self.S_alpha is None:
             return self._uniform_shown_grad(self._sig(z))
         return self.lost - torch.einsum("xij,xij->xi", self.S_alpha, self._sig(z)) / self.alpha[:, None]
+
+    def grad_hess_diag(self, z: Tensor, out=None):
+        """(∇L (m, n), diag ∇²L (m, n)) without building the Hessian (preference term only, β = 0); `out` as
+        in split_derivatives. For a solver's check of a start that is already the minimiser."""
+        if self.has_kl:
+            g, H = self.grad_hess(z)
+            return g, torch.diagonal(H, dim1=1, dim2=2)
+        s = self._sig(z, None if out is None else out[0])
+        if self.S_alpha is None:
+            # H_ii = α c Σ_{j≠i} s_ij(1 − s_ij) = α c (Σ_j s_ij − Σ_j s_ij² − ¼)
+            rs = s.sum(dim=2)
+            g = torch.addcmul(self._lost_half, self._shown[:, None], rs, value=-1.0)
+            return g, (rs - torch.einsum("xij,xij->xi", s, s) - 0.25) * self.shown_alpha[:, None]
+        Ss = torch.mul(self.S_alpha, s, out=None if out is None else out[1])      # α S s
+        rs = Ss.sum(dim=2)
+        return self.lost - rs / self.alpha[:, None], rs - torch.einsum("xij,xij->xi", Ss, s)
 
     def _preference_grad_hess(self, z: Tensor, out=None):
         s = self._sig(z, None if out is None else out[0])

@@ -452,3 +452,39 @@ def test_newton_with_a_float32_twin_reaches_the_float64_minimiser(monkeypatch):
     p64, p32 = torch.softmax(z64, -1), torch.softmax(z32, -1)
     assert float((p64 - p32).abs().sum(-1).max()) <= 1e-12
     assert float(obj.grad(z32).abs().max()) <= 1e-14
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+def test_gradient_and_hessian_diagonal_without_the_hessian(uniform, beta):
+    p = make_problem(5, 7, seed=8, ref="dirichlet")
+    obj = SPOObjective(pair_mass(p, sampler="uniform" if uniform else "ref"), alpha=0.9, beta=beta,
+                       log_ref=p.log_ref, context_probs=p.context_probs, uniform_shown=uniform)
+    z = 2.0 * torch.randn(5, 7, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    g, H = obj.grad_hess(z)
+    g2, diag = obj.grad_hess_diag(z)
+    torch.testing.assert_close(g2, g, rtol=1e-13, atol=1e-18)
+    torch.testing.assert_close(diag, torch.diagonal(H, dim1=1, dim2=2), rtol=1e-13, atol=1e-18)
+
+
+def test_newton_checks_an_exact_start_without_the_hessian_and_falls_back_when_it_is_not(monkeypatch):
+    obj = objective(6, 8, seed=10, beta=0.0, ref="uniform")
+    calls, real = [], SPOObjective.split_derivatives
+    monkeypatch.setattr(SPOObjective, "split_derivatives", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    z_star = torch.tensor(solve_exact(make_problem(6, 8, seed=10), alpha=0.7).logits)
+    z, gmax, n_iter, ok, err = ex._newton(obj, z_star, tol=1e-12, max_iter=50, check_start=True)
+    assert ok and n_iter == 0 and not calls and torch.equal(z, z_star) and err <= 1e-12 / 16
+    z0 = z_star + 0.3 * torch.randn(6, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    z, gmax, n_iter, ok, err = ex._newton(obj, z0, tol=1e-12, max_iter=50, check_start=True)
+    assert ok and n_iter > 0 and calls and float((torch.softmax(z, -1) - torch.softmax(z_star, -1)).abs().max()) < 1e-12
+
+
+def test_zero_diagonal_in_place_for_contiguous_and_strided_arrays():
+    from spo_tabular.preferences import _zero_diagonal
+    a = np.arange(2 * 4 * 4, dtype=float).reshape(2, 4, 4) + 1.0
+    want = a.copy()
+    want[:, np.arange(4), np.arange(4)] = 0.0
+    np.testing.assert_array_equal(_zero_diagonal(a.copy()), want)
+    t = a.transpose(0, 2, 1).copy().transpose(0, 2, 1)        # same values, not C-contiguous
+    assert not t.flags.c_contiguous
+    np.testing.assert_array_equal(_zero_diagonal(t), want)

@@ -269,12 +269,12 @@ def _newton_direction(g: torch.Tensor, H: torch.Tensor, rebuild: Callable | None
     """
     n = H.shape[1]
     scale = torch.diagonal(H, dim1=1, dim2=2).abs().mean(dim=1)
-    scale = torch.where(scale > 0, scale, scale.max().clamp(min=torch.finfo(H.dtype).tiny))
-    system = H.add_(scale[:, None, None] / n)          # H is not needed afterwards: in place
+    if not bool(scale.all()):
+        scale = torch.where(scale > 0, scale, scale.max().clamp(min=torch.finfo(H.dtype).tiny))
+    system = H.add_((scale / n)[:, None, None])        # H is not needed afterwards: in place
     in_place = rebuild is not None
     blocks = _by_row_blocks(lambda A, gb: _cholesky_step_block(A, gb, in_place), system, g)
-    d = torch.cat([d for d, _ in blocks])
-    bad = torch.cat([bad for _, bad in blocks])
+    d, bad = blocks[0] if len(blocks) == 1 else (torch.cat([d for d, _ in blocks]), torch.cat([b for _, b in blocks]))
     if bool(bad.any()):
         failed = rebuild(bad).add_(scale[bad, None, None] / n) if in_place else system[bad]
         try:
@@ -321,12 +321,12 @@ def _cholesky_step_block(A: torch.Tensor, g: torch.Tensor, in_place: bool = Fals
     """(−A⁻¹g (k, n), failed (k,) bool) for a block of symmetric matrices A (k, n, n); failed rows are not PD
     (with `in_place`, A is consumed)."""
     L, bad = _cholesky_block(A, in_place)
-    y = torch.linalg.solve_triangular(L, -g.to(L.dtype)[..., None], upper=False)
-    return torch.linalg.solve_triangular(L.mT, y, upper=True)[..., 0], bad
+    y = torch.linalg.solve_triangular(L, g.to(L.dtype).unsqueeze(2), upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True).squeeze_(2).neg_(), bad
 
 
 def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: int, polish: float = 16.0,
-            start=None, work=None, lowp=None):
+            start=None, work=None, lowp=None, check_start: bool = False):
     """Batched damped Newton until every context's scaled gradient max_i |∂L/∂z_i| / |∂²L/∂z_i²| ≤ tol.
 
     The ratio estimates the remaining error of each logit; a context keeps iterating until it is
@@ -341,6 +341,8 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     of the early iterations, while some context's scaled gradient exceeds _LOWP_ERR and before any
     has converged: half the memory traffic and faster LAPACK where the step only needs a few
     digits. Every context then takes its last steps, and is judged converged, in float64.
+    `check_start` (a start that is likely the minimiser already) first tests it with the gradient and
+    the Hessian's diagonal only (obj.grad_hess_diag), and builds the Hessian only if needed.
 
     Step acceptance without objective values, when the objective is a convex term P plus a cheap
     non-convex N (`obj.split_convex`: the preference term and β·KL): convexity bounds the change of
@@ -371,15 +373,20 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     def derivatives(o, x: torch.Tensor) -> tuple:
         return _derivatives(o, x, work, lowp if lowp is not None and o is obj and err_max > _LOWP_ERR else None)
 
+    if check_start and start is None and hasattr(obj, "grad_hess_diag"):
+        g, diag = obj.grad_hess_diag(z, out=None if work is None else _rows(work, z))
+        err, gmax = _scaled_error(g, diag, floor)
+        if bool(((err <= done_err) | (gmax <= g_tiny)).all()):
+            finished = (err <= tol) | (gmax <= g_tiny)
+            return z, float(gmax.max()), 0, bool(finished.all()), float(err.max())
+
     pending = start
     for it in range(max_iter + 1):
         if pending is None:
             pending = derivatives(sub, zs) if split else sub.grad_hess(zs) + (None, None)
         g, H, gn, fn = pending
         pending = None
-        g_abs = g.abs()
-        err = (g_abs / torch.diagonal(H, dim1=1, dim2=2).abs().to(g.dtype).clamp_(min=floor)).amax(dim=1)
-        gmax = g_abs.amax(dim=1)
+        err, gmax = _scaled_error(g, torch.diagonal(H, dim1=1, dim2=2), floor)
         # Done: the scaled gradient is below tol, or the gradient itself is at round-off level
         # (where probabilities underflow the Hessian vanishes and no step can improve anything).
         # (Few small ops per iteration: two solves in parallel threads hand the GIL back and forth
@@ -445,6 +452,12 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
 
 
 _LOWP_ERR = 0.05    # _newton's float32 iterations run while some context's scaled gradient exceeds this
+
+
+def _scaled_error(g: torch.Tensor, diag: torch.Tensor, floor: torch.Tensor) -> tuple:
+    """(max_i |g_i| / max(|H_ii|, floor), max_i |g_i|) per context, each (m,): g, diag (m, n), floor (m, 1)."""
+    g_abs = g.abs()
+    return (g_abs / diag.abs().to(g.dtype).clamp_(min=floor)).amax(dim=1), g_abs.amax(dim=1)
 
 
 def _derivatives(obj, z: torch.Tensor, work=None, lowp=None) -> tuple:
@@ -670,7 +683,8 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
                 else:
                     z_q = _kl_quadratic_start(o, z, work)
                 z, first = _better_start(o, z_q.to(z.dtype), o.log_ref, work, lowp)
-            z, *report = _newton(o, z, tol=tol, max_iter=max_iter, start=first, work=work, lowp=lowp)
+            z, *report = _newton(o, z, tol=tol, max_iter=max_iter, start=first, work=work, lowp=lowp,
+                                 check_start=exact_start)
             return (z, *report, o.values(z, out=work))      # with the per-context loss, computed here in parallel
 
         # With β > 0 the KL term makes every context bounded and strictly determined.
