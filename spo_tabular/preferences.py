@@ -372,6 +372,21 @@ def _shown_rewards(problem: TabularProblem, ctx: np.ndarray, shown: np.ndarray) 
     return np.take(problem.rewards.ravel(), ctx[:, None] * problem.n_actions + shown)
 
 
+def _luce_keys(rng, problem: TabularProblem, ctx: np.ndarray, shown: np.ndarray):
+    """Yield (rows, r[ctx, shown] + Gumbel noise) over blocks of _CHUNK samples, in order.
+
+    The same draws as one (N, k) pass (the generator fills in order), but every temporary stays in
+    cache: a pass over 2·10⁶ samples made six fresh 128 MB arrays, and whether glibc handed them
+    back to the kernel between calls decided the speed (best-of-8: 2.9e6 or 5.5e6 samples/s).
+    """
+    N, k = shown.shape
+    for start in range(0, N, _CHUNK):
+        rows = slice(start, min(N, start + _CHUNK))
+        keys = _shown_rewards(problem, ctx[rows], shown[rows])
+        keys += _gumbel(rng, keys.shape)
+        yield rows, keys
+
+
 def _gumbel(rng, shape) -> np.ndarray:
     # Gumbel(0, 1) = −log E with E ~ Exp(1): one logarithm (numpy's ziggurat draws E without one),
     # where −log(−log U) takes two; E > 0 always, so no log(0).
@@ -428,7 +443,9 @@ def sample_best_of_n(problem: TabularProblem, n_samples: int, k: int, *, seed, s
     rng = v.rng_from(seed)
     ctx = _sample_contexts(rng, problem.context_probs, N)
     shown = _sample_shown_sets(rng, problem, ctx, k, sampler)
-    best = np.argmax(_shown_rewards(problem, ctx, shown) + _gumbel(rng, (N, k)), axis=1)   # Gumbel-max
+    best = np.empty(N, dtype=np.int64)
+    for rows, keys in _luce_keys(rng, problem, ctx, shown):
+        best[rows] = np.argmax(keys, axis=1)                                            # Gumbel-max
     return BestOfNData(ctx, shown, best, problem.n_contexts, problem.n_actions)
 
 
@@ -438,8 +455,10 @@ def sample_rankings(problem: TabularProblem, n_samples: int, k: int, *, seed, sa
     rng = v.rng_from(seed)
     ctx = _sample_contexts(rng, problem.context_probs, N)
     shown = _sample_shown_sets(rng, problem, ctx, k, sampler)
-    order = np.argsort(-(_shown_rewards(problem, ctx, shown) + _gumbel(rng, (N, k))), axis=1, kind="stable")
-    return RankedData(ctx, np.take_along_axis(shown, order, axis=1), problem.n_contexts, problem.n_actions)
+    for rows, keys in _luce_keys(rng, problem, ctx, shown):     # each block reordered in place
+        np.negative(keys, out=keys)
+        shown[rows] = np.take_along_axis(shown[rows], np.argsort(keys, axis=1, kind="stable"), axis=1)
+    return RankedData(ctx, shown, problem.n_contexts, problem.n_actions)
 
 
 # --------------------------------------------------------------------------- expert models beyond Bradley–Terry
