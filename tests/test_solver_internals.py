@@ -488,3 +488,18 @@ def test_zero_diagonal_in_place_for_contiguous_and_strided_arrays():
     t = a.transpose(0, 2, 1).copy().transpose(0, 2, 1)        # same values, not C-contiguous
     assert not t.flags.c_contiguous
     np.testing.assert_array_equal(_zero_diagonal(t), want)
+
+
+@pytest.mark.parametrize("n, low", [(20, True), (8, False)])
+def test_solve_exact_takes_its_early_steps_in_float32_only_where_it_pays(monkeypatch, n, low):
+    seen, real = [], ex._derivatives
+    monkeypatch.setattr(ex, "_derivatives", lambda o, z, work=None, lowp=None: seen.append(lowp is not None)
+                        or real(o, z, work, lowp))
+    p = make_problem(30, n, seed=3, ref="dirichlet")
+    r = solve_exact(p, alpha=0.7, beta=0.2)
+    assert r.converged and any(seen) == low and seen[-1] is False
+    monkeypatch.setattr(ex, "_LOWP_MAX_GRID", 30 * n * n - 1)      # a grid over the limit: float64 only
+    before = len(seen)
+    again = solve_exact(p, alpha=0.7, beta=0.2)
+    assert again.converged and len(seen) > before and not any(seen[before:])
+    np.testing.assert_allclose(again.logits, r.logits, rtol=0, atol=1e-11)

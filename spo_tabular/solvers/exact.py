@@ -452,6 +452,8 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
 
 
 _LOWP_ERR = 0.05    # _newton's float32 iterations run while some context's scaled gradient exceeds this
+_LOWP_MIN_ACTIONS = 16  # below this the grids are too small for float32 to pay
+_LOWP_MAX_GRID = 1 << 24  # elements of a row block's grid above which it does not pay either
 
 
 def _scaled_error(g: torch.Tensor, diag: torch.Tensor, floor: torch.Tensor) -> tuple:
@@ -676,8 +678,10 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
             z = start(o, rows, work)
             if beta > 0:
                 # The start and the early iterations in float32 where the grids are large enough
-                # for it to matter (_newton's `lowp`).
-                if n >= 16:
+                # for it to matter and small enough to stay near the caches (_newton's `lowp`):
+                # (256, 128) 0.45 → 0.20 s, (256, 256) 2.3 → 1.75 s, but (1024, 256) 9.8 → 10.5 s
+                # and 0.8 GB more.
+                if n >= _LOWP_MIN_ACTIONS and o.n_contexts * n * n <= _LOWP_MAX_GRID:
                     lowp = o.astype(torch.float32)
                     z_q = _kl_quadratic_start(lowp, z.float(), _grid_work(2, *z.shape, slot="lowp", dtype=torch.float32))
                 else:
