@@ -335,13 +335,13 @@ class SPOObjective(PairwiseObjective):
         az = self.alpha[:, None] * z
         return torch.sub(az[:, None, :], az[:, :, None], out=out).sigmoid_()    # s = σ(−α(z_i − z_j))
 
-    def _uniform_shown_grad(self, s: Tensor) -> Tensor:
-        # Σ_{j≠i} c s_ij = c (Σ_j s_ij − s_ii), s_ii = σ(0) = ½ exactly.
-        return torch.addcmul(self._lost_half, self._shown[:, None], s.sum(dim=2), value=-1.0)
+    def _uniform_shown_grad(self, row_sums: Tensor) -> Tensor:
+        # From row_sums = Σ_j s_ij: Σ_{j≠i} c s_ij = c (Σ_j s_ij − s_ii), s_ii = σ(0) = ½ exactly.
+        return torch.addcmul(self._lost_half, self._shown[:, None], row_sums, value=-1.0)
 
     def preference_grad(self, z: Tensor) -> Tensor:
         if self.S_alpha is None:
-            return self._uniform_shown_grad(self._sig(z))
+            return self._uniform_shown_grad(self._sig(z).sum(dim=2))
         return self.lost - torch.einsum("xij,xij->xi", self.S_alpha, self._sig(z)) / self.alpha[:, None]
 
     def grad_hess_diag(self, z: Tensor, out=None):
@@ -354,7 +354,7 @@ class SPOObjective(PairwiseObjective):
         if self.S_alpha is None:
             # H_ii = α c Σ_{j≠i} s_ij(1 − s_ij) = α c (Σ_j s_ij − Σ_j s_ij² − ¼)
             rs = s.sum(dim=2)
-            g = torch.addcmul(self._lost_half, self._shown[:, None], rs, value=-1.0)
+            g = self._uniform_shown_grad(rs)
             # Σ_j s_ij² as a squared row norm: one read of the grid (2.5× an einsum's speed)
             return g, (rs - torch.linalg.vector_norm(s, dim=2).square_() - 0.25) * self.shown_alpha[:, None]
         Ss = torch.mul(self.S_alpha, s, out=None if out is None else out[1])      # α S s
@@ -365,7 +365,7 @@ class SPOObjective(PairwiseObjective):
         s = self._sig(z, None if out is None else out[0])
         if self.S_alpha is None:
             # Laplacian of α c s(1 − s): the diagonal term s_ii(1 − s_ii) cancels in diag(A·1) − A.
-            g = self._uniform_shown_grad(s)
+            g = self._uniform_shown_grad(s.sum(dim=2))
             B = torch.addcmul(s, s, s, value=-1.0, out=None if out is None else out[1])    # s(1 − s)
             a = self.shown_alpha[:, None]
             degree = B.sum(dim=2).mul_(a)

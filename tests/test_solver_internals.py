@@ -279,8 +279,8 @@ def _direction_in_child(queue, g, H):
 def test_row_block_pool_survives_fork(two_threads):
     # A forked child inherits the pool object but none of its threads; it must make a new pool
     # (a stale one would never run the child's share of a parallel factorisation).
-    obj = objective(96, 8, seed=3)
-    g, H = obj.grad_hess(torch.randn(96, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    obj = objective(256, 8, seed=3)          # two row blocks of 128: the parent starts the pool itself
+    g, H = obj.grad_hess(torch.randn(256, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
     want = ex._newton_direction(g, H.clone()).numpy()
     assert ex._POOL is not None
     ctx = multiprocessing.get_context("fork")

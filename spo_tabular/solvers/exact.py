@@ -504,8 +504,9 @@ def _split_step(obj, z, d, slope, fn, small, derivatives):
 
 
 def _grid_work(k: int, m: int, n: int, slot: str = "work", dtype: torch.dtype = DTYPE) -> tuple:
-    """k float64 buffers of shape (m, n, n), reused from call to call: the solver's derivatives ("work"),
-    the objective's W and α(W + Wᵀ) ("objective"), Cholesky factors ("cholesky").
+    """k buffers of shape (m, n, n) and `dtype`, reused from call to call: the solver's derivatives ("work";
+    "lowp" in float32), the objective's W and α(W + Wᵀ) ("objective"), Cholesky factors ("cholesky"),
+    retired contexts' rows ("retire0", "retire1").
 
     Grid-sized temporaries are the solver's hidden cost: every fresh one is first touched a page at a
     time (on this project's VMs about 1–2 µs per 4 KiB page, some 2–4 ms per (256, 64, 64) grid), and
@@ -662,6 +663,10 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
         ridge = torch.from_numpy(~graph.unique)
 
         def start(o: SPOObjective, rows: slice, work=None) -> torch.Tensor:
+            if equal_weights and rewards is not None:
+                # Every pair shown equally, Bradley–Terry: the log-odds fit is (r − mean r)/α exactly.
+                r = torch.tensor(np.asarray(rewards[rows], dtype=np.float64))
+                return (r - r.mean(dim=1, keepdim=True)) / alpha
             c = None if work is None else work[0]
             if o.S_alpha is None:       # uniform_shown: c_x off the diagonal
                 c = (o.shown_alpha / alpha)[:, None, None].expand_as(o.W).clone() if c is None else \
