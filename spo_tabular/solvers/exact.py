@@ -338,9 +338,12 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     (z, ‖∇L‖∞, n_iter, converged, max scaled gradient).
 
     `lowp`, obj's float32 twin (SPOObjective.astype), computes the derivatives and factorisations
-    of the early iterations, while some context's scaled gradient exceeds _LOWP_ERR and before any
-    has converged: half the memory traffic and faster LAPACK where the step only needs a few
-    digits. Every context then takes its last steps, and is judged converged, in float64.
+    of the early iterations, while some context's scaled gradient exceeds _LOWP_ERR, at least a
+    quarter of them still exceed _LOWP_FLOOR, and before any has converged: half the memory traffic
+    and faster LAPACK where the step only needs a few digits. Every context then takes its last
+    steps, and is judged converged, in float64. (Float32 steps stall near a scaled gradient of
+    1e-6: without the quarter rule a few slow contexts kept the whole batch there, unable to
+    converge and retire, for ten iterations.)
     `check_start` (a start that is likely the minimiser already) first tests it with the gradient and
     the Hessian's diagonal only (obj.grad_hess_diag), and builds the Hessian only if needed.
 
@@ -368,10 +371,10 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     split = bool(getattr(obj, "split_convex", False)) and hasattr(obj, "subset")
     if split and work is None:
         work = _grid_work(2, m, z.shape[1])
-    err_max = float("inf")
+    use_lowp = lowp is not None
 
     def derivatives(o, x: torch.Tensor) -> tuple:
-        return _derivatives(o, x, work, lowp if lowp is not None and o is obj and err_max > _LOWP_ERR else None)
+        return _derivatives(o, x, work, lowp if use_lowp and o is obj else None)
 
     if check_start and start is None and hasattr(obj, "grad_hess_diag"):
         g, diag = obj.grad_hess_diag(z, out=None if work is None else _rows(work, z))
@@ -399,8 +402,8 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
             err_all[idx], gmax_all[idx] = err, gmax
             break
         n_iter = it + 1
-        if lowp is not None:
-            err_max = float(err.max())
+        if use_lowp:
+            use_lowp = float(err.max()) > _LOWP_ERR and 4 * int((err > _LOWP_FLOOR).sum()) >= err.numel()
         if hasattr(sub, "subset") and 4 * n_done >= done.numel():
             z[idx[done]] = zs[done]             # retire converged contexts
             err_all[idx[done]], gmax_all[idx[done]] = err[done], gmax[done]
@@ -452,6 +455,7 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
 
 
 _LOWP_ERR = 0.05    # _newton's float32 iterations run while some context's scaled gradient exceeds this
+_LOWP_FLOOR = 1e-4  # ... and a quarter of them exceed this (float32 steps stall near 1e-6)
 _LOWP_MIN_ACTIONS = 16  # below this the grids are too small for float32 to pay
 _LOWP_MAX_GRID = 1 << 24  # elements of a row block's grid above which it does not pay either
 
