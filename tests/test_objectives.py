@@ -75,3 +75,37 @@ def test_values_stay_finite_for_huge_margins():
     z = torch.tensor([[1e4, 0.0, -1e4]], dtype=torch.float64)
     g, H = obj.grad_hess(z)
     assert np.isfinite(obj.value(z)) and torch.isfinite(g).all() and torch.isfinite(H).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("spread", [1.0, 10.0, 500.0])
+def test_pair_sigmoid_matches_scipy_expit_of_the_differences(dtype, reverse, spread):
+    # σ(a_i − a_j) as e_i / (e_i + e_j) against scipy's expit of the differences in long double, to
+    # a few ulps times the condition number 1 + 2 max|a| of the rows (the rounding of a − max a, or
+    # of a_i − a_j in the fallback); a spread of 500 takes both dtypes to the sigmoid fallback.
+    from scipy.special import expit
+    from spo_tabular.objectives import pair_sigmoid
+    a = spread * torch.randn(7, 9, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x = a.to(dtype)
+    exact = np.asarray(x, dtype=np.longdouble)
+    want = expit(exact[:, :, None] - exact[:, None, :])
+    if reverse:
+        want = want.transpose(0, 2, 1)
+    out = torch.empty(7, 9, 9, dtype=dtype)
+    got = pair_sigmoid(x, out=out, reverse=reverse)
+    assert got.dtype == dtype and got.data_ptr() == out.data_ptr()
+    assert bool((got.diagonal(dim1=1, dim2=2) == 0.5).all())
+    tiny = torch.finfo(dtype).tiny
+    rel = np.abs(got.numpy().astype(np.longdouble) - want) / np.maximum(want, tiny)
+    cond = 1.0 + 2.0 * float(x.abs().max())
+    assert float(rel[want > tiny].max()) <= 8 * torch.finfo(dtype).eps * cond
+    np.testing.assert_array_equal(pair_sigmoid(x, reverse=reverse).numpy(), got.numpy())   # no out: the same
+
+
+def test_pair_sigmoid_propagates_nan_through_the_fallback():
+    from spo_tabular.objectives import pair_sigmoid
+    a = torch.tensor([[0.0, 1.0, float("nan")]], dtype=torch.float64)
+    got = pair_sigmoid(a)
+    assert torch.isnan(got[0, 2]).all() and torch.isnan(got[0, :, 2]).all()
+    assert float(got[0, 0, 1]) == pytest.approx(1 / (1 + np.e))
