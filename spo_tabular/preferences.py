@@ -35,7 +35,7 @@ def _bradley_terry(rewards, out: np.ndarray | None = None) -> np.ndarray:
     """bradley_terry, written into `out` (a float64 (m, n, n) array) when given."""
     r = torch.from_numpy(v.float_array("rewards", rewards, ndim=2))   # (m, n), a checked copy
     o = None if out is None else torch.from_numpy(out)
-    return pair_sigmoid(r, out=o).numpy()     # e_i / (e_i + e_j): ~17x numpy's expit of the differences
+    return pair_sigmoid(r, out=o).numpy()     # e_i / (e_i + e_j): 12.6x scipy's expit at (256, 64, 64)
 
 
 def preference_matrix(problem: TabularProblem, preference=None) -> np.ndarray:
