@@ -110,12 +110,13 @@ class PairwiseObjective:
         # weight·∇²KL is accumulated into that tensor in place (one pass, no temporary).
         w = torch.ones(p.shape[0], dtype=p.dtype) if weight is None else weight
         p_pv = p + pv                                                # π(1 + v)
-        U = torch.stack((p, pv), dim=2) * w[:, None, None]          # (m, n, 2)
-        V = torch.stack((p_pv, p), dim=2)                            # (m, n, 2)
+        # Stacked as (m, 2, n), two contiguous copies, and used transposed (BLAS reads either layout).
+        U = torch.stack((p, pv), dim=1).mul_(w[:, None, None])      # (m, 2, n)
+        V = torch.stack((p_pv, p), dim=1)                            # (m, 2, n)
         if add_to is None:
-            H = -torch.bmm(U, V.transpose(1, 2))
+            H = -torch.bmm(U.mT, V)
         else:
-            H = add_to.baddbmm_(U, V.transpose(1, 2), alpha=-1.0)
+            H = add_to.baddbmm_(U.mT, V, alpha=-1.0)
         H.diagonal(dim1=1, dim2=2).add_(w[:, None] * p_pv)
         return pv, H, kl
 

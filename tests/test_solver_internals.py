@@ -539,3 +539,34 @@ def test_float32_steps_stop_once_three_quarters_of_the_contexts_are_near_the_flo
     r64 = solve_exact(p, alpha=0.3, beta=1.0)
     assert r64.converged
     np.testing.assert_allclose(r.logits, r64.logits, rtol=0, atol=1e-10)
+
+
+def test_split_step_recomputes_derivatives_only_where_the_search_moved_back(monkeypatch):
+    # Every context fails the convexity bound (an artificially steep slope) and goes to the line
+    # search; the search keeps t = 1 for even contexts and halves the odd ones. Only the odd ones may
+    # get new derivatives, and every returned derivative must equal a fresh one at the returned point.
+    obj = objective(6, 5, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    d = 0.3 * torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    fn = obj.nonconvex_values(z)
+    slope = torch.full((6,), -1e30, dtype=torch.float64)
+    small = torch.zeros(6, dtype=torch.bool)
+    monkeypatch.setattr(ex, "_backtrack", lambda o, z, d, slope: torch.tensor([1.0, 0.5, 1.0, 0.5, 1.0, 0.5],
+                                                                               dtype=torch.float64))
+    recomputed = []
+    real = SPOObjective.split_derivatives
+
+    def spy(self, z, *args, **kwargs):
+        recomputed.append(z.shape[0])
+        return real(self, z, *args, **kwargs)
+
+    first = real(obj, z + d)                                 # what _newton's derivatives() returns
+    monkeypatch.setattr(SPOObjective, "split_derivatives", spy)
+    z_new, derivs, t = ex._split_step(obj, z, d, slope, fn, small, lambda o, x: first)
+    assert recomputed == [3]                                 # the three contexts the search moved, once
+    torch.testing.assert_close(t, torch.tensor([1.0, 0.5, 1.0, 0.5, 1.0, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(z_new, z + t[:, None] * d, rtol=0, atol=1e-15)
+    monkeypatch.setattr(SPOObjective, "split_derivatives", real)
+    for got, want in zip(derivs, real(obj, z_new)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)

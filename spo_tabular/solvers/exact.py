@@ -500,10 +500,16 @@ def _split_step(obj, z, d, slope, fn, small, derivatives):
     t = torch.ones_like(slope)
     if bool(redo.any()):
         part = obj.subset(redo)
-        t[redo] = _backtrack(part, z[redo], d[redo], slope[redo])
-        z_new[redo] = z[redo] + t[redo, None] * d[redo]
-        for full, new in zip(derivs, part.split_derivatives(z_new[redo])):
-            full[redo] = new.to(full.dtype)
+        t_redo = _backtrack(part, z[redo], d[redo], slope[redo])
+        t[redo] = t_redo
+        # Only the contexts the search moved back need new derivatives (often none: the bound is
+        # conservative, and the full step meets Armijo on the values).
+        moved = t_redo < 1
+        if bool(moved.any()):
+            rows = redo.nonzero()[:, 0][moved]
+            z_new[rows] = z[rows] + t_redo[moved, None] * d[rows]
+            for full, new in zip(derivs, part.subset(moved).split_derivatives(z_new[rows])):
+                full[rows] = new.to(full.dtype)
     return z_new, derivs, t
 
 
