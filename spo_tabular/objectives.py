@@ -263,6 +263,16 @@ class SPOObjective(PairwiseObjective):
             self.shown_alpha = self.alpha * self._shown
             self._lost_half = self.lost + 0.5 * self._shown[:, None]     # the s_ii = ½ terms, folded in
 
+    def max_step(self) -> Tensor:
+        """A solver's bound on one Newton step per context, max_i |Δz_i| ≤ max(2, 1/(2α)) where β > 0, else ∞ (m,).
+
+        Where the KL term makes the Hessian indefinite the saddle-free step can be hundreds of nats
+        long along directions of tiny curvature; capping it (a trust bound in logit units, wider
+        for small α, whose logits spread like 1/α) spares the line search most of its halvings.
+        """
+        cap = torch.clamp(0.5 / self.alpha, min=2.0)
+        return torch.where(self.beta > 0, cap, torch.full_like(cap, float("inf")))
+
     # Per-context fields that rows, subsets and casts carry along (None where unused).
     _ROW_FIELDS = ("S_alpha", "shown_alpha", "_shown", "_lost_half", "lost", "log_ref", "context_probs",
                    "beta", "alpha", "_alpha3")

@@ -570,3 +570,39 @@ def test_split_step_recomputes_derivatives_only_where_the_search_moved_back(monk
     monkeypatch.setattr(SPOObjective, "split_derivatives", real)
     for got, want in zip(derivs, real(obj, z_new)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_max_step_is_two_nats_or_half_over_alpha_where_the_kl_is_on():
+    p = make_problem(4, 3, seed=0)
+    obj = SPOObjective(pair_mass(p), alpha=np.array([0.1, 0.7, 0.25, 0.05]), beta=np.array([0.5, 0.5, 1.0, 0.0]),
+                       log_ref=p.log_ref, context_probs=p.context_probs)
+    torch.testing.assert_close(obj.max_step(), torch.tensor([5.0, 2.0, 2.0, float("inf")], dtype=torch.float64))
+
+
+def _longest_steps(monkeypatch, obj_max_step=None):
+    """Solve a hard β > 0 problem (α = 0.3, β = 0.5: indefinite KL Hessians from the start) and return
+    the largest |Δz| of every Newton step, optionally with SPOObjective.max_step replaced."""
+    if obj_max_step is not None:
+        monkeypatch.setattr(SPOObjective, "max_step", obj_max_step)
+    steps = []
+    real = ex._split_step
+
+    def spy(obj, z, d, slope, fn, small, derivatives):
+        steps.append(float(d.abs().max()))
+        return real(obj, z, d, slope, fn, small, derivatives)
+
+    monkeypatch.setattr(ex, "_split_step", spy)
+    result = solve_exact(make_problem(64, 32, seed=0, ref="dirichlet"), alpha=0.3, beta=0.5)
+    assert result.converged
+    return steps, result
+
+
+def test_newton_steps_are_capped_where_the_saddle_free_step_would_run_off(monkeypatch):
+    uncapped, free = _longest_steps(monkeypatch, lambda self: torch.full((self.n_contexts,), float("inf"),
+                                                                         dtype=torch.float64))
+    assert max(uncapped) > 10.0            # the saddle-free steps do run off without the bound
+    monkeypatch.undo()
+    capped, result = _longest_steps(monkeypatch)
+    assert max(capped) <= 2.0 * (1 + 1e-12)
+    # Same kind of answer: a converged stationary point with a loss no worse than a local minimum's noise.
+    assert abs(result.loss - free.loss) <= 1e-5 * abs(free.loss)

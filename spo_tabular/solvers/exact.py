@@ -352,7 +352,9 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     P along a step by its end slope, L(z + d) − L(z) ≤ ∇P(z + d)·d + N(z + d) − N(z), and the
     derivatives that bound needs are the next iteration's. A context whose bound meets the Armijo
     condition takes the full step; only the others (few, early on) backtrack on objective values.
-    Objectives without the split backtrack on values throughout.
+    Objectives without the split backtrack on values throughout. An objective with `max_step()` (m,)
+    bounds each context's step, max_i |d_i|, before the search (SPOObjective: the saddle-free steps
+    of an indefinite KL Hessian).
     """
     eps, tiny = torch.finfo(z.dtype).eps, torch.finfo(z.dtype).tiny
     z = z.clone()
@@ -369,6 +371,9 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     any_stalled = False
     n_iter = 0
     split = bool(getattr(obj, "split_convex", False)) and hasattr(obj, "subset")
+    cap = obj.max_step() if hasattr(obj, "max_step") else None      # a bound on each step (m,)
+    if cap is not None and bool(torch.isinf(cap).all()):
+        cap = None
     if split and work is None:
         work = _grid_work(2, m, z.shape[1])
     use_lowp = lowp is not None
@@ -420,6 +425,8 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
                 H, sub = H[keep], sub.subset(keep)
             idx, zs, g = idx[keep], zs[keep], g[keep]
             floor, mass, g_tiny = floor[keep], mass[keep], g_tiny[keep]
+            if cap is not None:
+                cap = cap[keep]
             if split:
                 fn = fn[keep]
             n_done = 0
@@ -427,6 +434,11 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
         if n_done:
             d[done] = 0.0
         d_max = d.abs().amax(dim=1)
+        if cap is not None:
+            over = d_max > cap
+            if bool(over.any()):
+                d.mul_(torch.where(over, cap / d_max, 1.0)[:, None])
+                d_max = torch.minimum(d_max, cap)
         slope = (g * d).sum(dim=1)                                  # < 0: a descent direction
         # A step this small is deep in Newton's quadratic region: take it whole, no test.
         small = d_max <= 0.05
