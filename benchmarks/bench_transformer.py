@@ -3,9 +3,9 @@
 Training: `train()` on the default task (V=4, L=3, β=0.5, so the KL samples run too) and on a
 non-enumerable one (V=16, L=5: 2^20 sequences, autoregressive sampling), each with row
 deduplication (ours) and without (baseline: every pair and KL row through the model); reports step
-time, tokens/s through the policy forward, pairs/s and peak memory, after an untimed two-step run of
-each (on a GPU the first steps of a new shape cost ~3 s once, which made whichever side ran first
-look 2-3x slower).
+time, tokens/s through the policy forward, pairs/s and peak memory, after an untimed run of each (2
+steps on a CPU, 30 on a GPU, where the first steps of each new batch shape cost seconds in all and made
+whichever side ran first look 2-3x slower).
 Enumeration: exact log-probs of all V^L sequences (V=16, L=2..5, i.e. 2^8..2^20) with the default-size
 model, by the prefix pass (ours: m·V^(L-1) rows) against scoring every sequence (baseline: m·V^L rows).
 One run prints both times and the ratio; `--quick` shrinks it for CI; `--out PATH` writes the rows as JSON.
@@ -60,8 +60,11 @@ def bench_training(device, quick, threads) -> list[dict]:
     rows = []
     for name, task_cfg, cfg, base_steps in cases:
         result = {}
-        for dedup in (True, False):     # warm-up, untimed: the first steps of a new shape are slow on a GPU
-            warm = TrainConfig(**{**cfg.__dict__, "steps": 2, "warmup": 1})
+        # Warm-up, untimed: on a GPU every new batch shape pays for kernel and library plan selection
+        # once (deduplicated batches vary in size), which would otherwise dominate a short timed run.
+        warm_steps = 30 if device.type == "cuda" else 2
+        for dedup in (True, False):
+            warm = TrainConfig(**{**cfg.__dict__, "steps": warm_steps, "warmup": 1})
             train(task_cfg, GPTConfig(), warm, RunConfig(device=device.type, log_interval=0, eval_samples=16,
                                                          dedup=dedup, threads=threads), log=lambda *a: None)
         for dedup in (True, False):

@@ -261,3 +261,28 @@ def test_run_killed_with_sigkill_resumes_and_loses_nothing(tmp_path):
     assert a["step"] == b["step"] == 400
     for key in ("tv_target", "tv_exact", "kl_ref", "entropy", "win_rate", "expected_reward", "kl_tokenwise_mc"):
         assert a[key] == b[key], key
+
+
+# --------------------------------------------------------------------------- row deduplication
+
+def test_row_bucket_rounds_up_by_at_most_an_eighth_to_eight_sizes_an_octave():
+    from spo_tabular.transformer.train import _row_bucket
+    sizes = [_row_bucket(r) for r in range(1, 5000)]
+    for r, b in zip(range(1, 5000), sizes):
+        assert r <= b <= r + max(r // 8, 0) + 1 and b <= 1.125 * r + 1
+    for lo in (16, 1024, 2048):                # an octave's sizes go to lo, lo + lo/8, ..., 2·lo
+        assert {b for r, b in zip(range(1, 5000), sizes) if lo <= r < 2 * lo} == {lo + k * lo // 8 for k in range(9)}
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_unique_rows_rebuild_every_input_row_and_padding_is_never_pointed_to(pad):
+    from spo_tabular.transformer.train import _row_bucket, _unique_rows
+    task = build_task(TaskConfig(vocab_size=4, seq_len=3, n_contexts=3))
+    gen = torch.Generator().manual_seed(0)
+    ctx = torch.randint(0, 3, (500,), generator=gen)
+    seqs = torch.randint(0, 4, (500, 3), generator=gen)
+    u_ctx, u_seqs, inv = _unique_rows(task, ctx, seqs, pad=pad)
+    assert torch.equal(u_ctx[inv], ctx) and torch.equal(u_seqs[inv], seqs)
+    distinct = len({(int(c), *map(int, s)) for c, s in zip(ctx, seqs)})
+    assert int(inv.max()) == distinct - 1                      # the padding rows come after every real one
+    assert u_ctx.shape[0] == (_row_bucket(distinct) if pad else distinct)

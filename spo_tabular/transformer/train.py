@@ -229,16 +229,30 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def _unique_rows(task, ctx, seqs, dedup=True):
+PAD_ROWS = True   # on CUDA, pad the distinct rows to recurring sizes (_unique_rows)
+
+
+def _row_bucket(rows: int) -> int:
+    """The smallest multiple of 2^(bit_length(rows) − 4) that is ≥ rows: at most 12.5% more, 8 sizes an octave."""
+    step = 1 << max(rows.bit_length() - 4, 0)
+    return -(-rows // step) * step
+
+
+def _unique_rows(task, ctx, seqs, dedup=True, pad=False):
     """(ctx_u, seqs_u, inverse): the distinct (context, sequence) rows and each input row's position among them.
 
-    Exact: the per-row outputs are gathered back, so the loss and its gradient are unchanged.
+    Exact: the per-row outputs are gathered back, so the loss and its gradient are unchanged. With
+    `pad` the distinct rows are padded to `_row_bucket` rows (repeats of the first, which no input
+    row points to), so the forward passes see a few recurring batch sizes: on CUDA every new size
+    pays for kernel and library plan selection again.
     """
     if not dedup or task.n_contexts * task.n_sequences >= 2 ** 62:
         return ctx, seqs, torch.arange(ctx.shape[0])
     codes = ctx * task.n_sequences + (seqs * task.vocab_size ** torch.arange(task.seq_len - 1, -1, -1)).sum(-1)
     uniq, inverse = torch.unique(codes, return_inverse=True)
     first = torch.empty(uniq.shape[0], dtype=torch.long).scatter_(0, inverse, torch.arange(codes.shape[0]))
+    if pad:
+        first = torch.cat([first, first[:1].expand(_row_bucket(first.shape[0]) - first.shape[0])])
     return ctx[first], seqs[first], inverse
 
 
@@ -253,7 +267,8 @@ def step_loss(model_fwd, ref, task, cfg: TrainConfig, d: Dist, pairs, online, au
     if kl_weight:
         rows_ctx.append(online[0])
         rows_seqs.append(online[1])
-    u_ctx, u_seqs, inv = (t.to(d.device) for t in _unique_rows(task, torch.cat(rows_ctx), torch.cat(rows_seqs), dedup))
+    rows = _unique_rows(task, torch.cat(rows_ctx), torch.cat(rows_seqs), dedup, pad=PAD_ROWS and d.device.type == "cuda")
+    u_ctx, u_seqs, inv = (t.to(d.device) for t in rows)
     tokens = model_inputs(u_ctx, u_seqs, task.vocab_size)
     with autocast:
         logits = model_fwd(tokens)
