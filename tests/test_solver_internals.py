@@ -606,3 +606,25 @@ def test_newton_steps_are_capped_where_the_saddle_free_step_would_run_off(monkey
     assert max(capped) <= 2.0 * (1 + 1e-12)
     # Same kind of answer: a converged stationary point with a loss no worse than a local minimum's noise.
     assert abs(result.loss - free.loss) <= 1e-5 * abs(free.loss)
+
+
+def test_float32_iterations_take_their_saddle_free_steps_in_float32(monkeypatch):
+    # Early float32 Hessians that are indefinite are rebuilt by the float32 twin, so the
+    # eigendecomposition runs in float32; the last steps, and the answer, stay float64.
+    dtypes = []
+    real = torch.linalg.eigh
+
+    def spy(A, *args, **kwargs):
+        dtypes.append(A.dtype)
+        return real(A, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", spy)
+    problem = make_problem(64, 32, seed=0, ref="dirichlet")
+    result = solve_exact(problem, alpha=0.3, beta=0.5)
+    assert result.converged and result.logits.dtype == np.float64
+    assert torch.float32 in dtypes
+    monkeypatch.setattr(ex, "_LOWP_MIN_ACTIONS", 10**9)         # the same solve all in float64
+    dtypes.clear()
+    reference = solve_exact(problem, alpha=0.3, beta=0.5)
+    assert torch.float32 not in dtypes
+    assert abs(result.loss - reference.loss) <= 1e-5 * abs(reference.loss)

@@ -430,7 +430,10 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
             if split:
                 fn = fn[keep]
             n_done = 0
-        d = _newton_direction(g, H, rebuild=functools.partial(_hessian_rows, sub, zs))
+        # A float32 Hessian (the early iterations) is rebuilt, where it needs the saddle-free step,
+        # by the float32 twin: its eigendecomposition is then float32 too (1.5x faster).
+        twin = lowp if lowp is not None and H.dtype == lowp.log_ref.dtype and sub is obj else sub
+        d = _newton_direction(g, H, rebuild=functools.partial(_hessian_rows, twin, zs.to(H.dtype)))
         if n_done:
             d[done] = 0.0
         d_max = d.abs().amax(dim=1)
