@@ -609,7 +609,7 @@ def test_newton_steps_are_capped_where_the_saddle_free_step_would_run_off(monkey
 
 
 def test_float32_iterations_take_their_saddle_free_steps_in_float32(monkeypatch):
-    # Early float32 Hessians that are indefinite are rebuilt by the float32 twin, so the
+    # Early float32 Hessians that are indefinite are rebuilt in float32, so the
     # eigendecomposition runs in float32; the last steps, and the answer, stay float64.
     dtypes = []
     real = torch.linalg.eigh

@@ -430,10 +430,12 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
             if split:
                 fn = fn[keep]
             n_done = 0
-        # A float32 Hessian (the early iterations) is rebuilt, where it needs the saddle-free step,
-        # by the float32 twin: its eigendecomposition is then float32 too (1.5x faster).
-        twin = lowp if lowp is not None and H.dtype == lowp.log_ref.dtype and sub is obj else sub
-        d = _newton_direction(g, H, rebuild=functools.partial(_hessian_rows, twin, zs.to(H.dtype)))
+        rebuild = functools.partial(_hessian_rows, sub, zs)
+        if H.dtype != zs.dtype:
+            # A float32 Hessian (the early iterations): the rows that need the saddle-free step are
+            # rebuilt in float32 too, so their eigendecomposition is float32 (1.5× faster).
+            rebuild = functools.partial(lambda rows, f, dtype: f(rows).to(dtype), f=rebuild, dtype=H.dtype)
+        d = _newton_direction(g, H, rebuild=rebuild)
         if n_done:
             d[done] = 0.0
         d_max = d.abs().amax(dim=1)

@@ -229,9 +229,6 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-PAD_ROWS = True   # on CUDA, pad the distinct rows to recurring sizes (_unique_rows)
-
-
 def _row_bucket(rows: int) -> int:
     """The smallest multiple of 2^(bit_length(rows) − 4) that is ≥ rows: at most 12.5% more, 8 sizes an octave."""
     step = 1 << max(rows.bit_length() - 4, 0)
@@ -267,7 +264,7 @@ def step_loss(model_fwd, ref, task, cfg: TrainConfig, d: Dist, pairs, online, au
     if kl_weight:
         rows_ctx.append(online[0])
         rows_seqs.append(online[1])
-    rows = _unique_rows(task, torch.cat(rows_ctx), torch.cat(rows_seqs), dedup, pad=PAD_ROWS and d.device.type == "cuda")
+    rows = _unique_rows(task, torch.cat(rows_ctx), torch.cat(rows_seqs), dedup, pad=d.device.type == "cuda")
     u_ctx, u_seqs, inv = (t.to(d.device) for t in rows)
     tokens = model_inputs(u_ctx, u_seqs, task.vocab_size)
     with autocast:
