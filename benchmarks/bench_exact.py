@@ -9,7 +9,9 @@ and then the baseline, each the best of the same number of calls (an unequal cou
 side timed more often), the median of the per-round ratios and their range. The baseline runs at
 whichever torch thread count is faster for it, torch's default or one thread (measured first, best
 of two calls each, and printed: on 2 cores its grid-sized autograd passes ran about twice as fast at
-one thread). `--quick` shrinks the problem.
+one thread), and with glibc told to keep freed memory (_common.keep_freed_memory: otherwise the
+baseline's time follows the process's allocation history, 0.57–0.93 s against 0.49–0.58 s at
+β = 0.1). `--quick` shrinks the problem.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from scipy.special import log_softmax
 import torch
 import torch.nn.functional as F
 
-from _common import best_time
+from _common import best_time, keep_freed_memory
 
 from spo_tabular._threads import torch_threads
 
@@ -123,13 +125,17 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    kept = keep_freed_memory()
     m, n, repeat, rounds = (16, 8, 1, 1) if args.quick else (256, 64, 3, 5)
     rows = run(m, n, 0.7, repeat, rounds)
+    for r in rows:
+        r["glibc_keeps_freed_memory"] = kept
     if args.json:
         print(json.dumps(rows, indent=2))
         return rows
     print(f"exact solver vs L-BFGS-B+autograd, ({m}, {n}), alpha=0.7, torch threads={torch.get_num_threads()}; "
-          f"{rounds} interleaved rounds (each side best of {repeat} per round), medians")
+          f"{rounds} interleaved rounds (each side best of {repeat} per round), medians; "
+          f"glibc keeps freed memory: {'yes' if kept else 'no (not glibc)'}")
     for r in rows:
         print(f"  {r['case']:<26} ours {r['ours_s']*1e3:8.1f} ms ({r['ours_iter']} it)   "
               f"L-BFGS-B {r['lbfgs_s']*1e3:8.1f} ms ({r['lbfgs_iter']} it)   ratio {r['ratio']:6.1f}x "
