@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts: best-of-k timing, glibc's keep-freed-memory setting and a plain-text table."""
+"""Shared helpers for the benchmark scripts: best-of-k timing, glibc's allocator setting, a plain-text table."""
 from __future__ import annotations
 
 import ctypes
