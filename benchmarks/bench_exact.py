@@ -11,7 +11,10 @@ whichever torch thread count is faster for it, torch's default or one thread (me
 of two calls each, and printed: on 2 cores its grid-sized autograd passes ran about twice as fast at
 one thread), and with glibc told to keep freed memory (_common.keep_freed_memory: otherwise the
 baseline's time follows the process's allocation history, 0.57–0.93 s against 0.49–0.58 s at
-β = 0.1). `--quick` shrinks the problem.
+β = 0.1). Each round also times our solve at one torch thread (its row blocks then run as one, in
+the calling thread: the solve's whole work in one thread), and prints the speed-up the threads give
+over it and the ratio that perfect scaling of that work over the cores would give: where a ratio
+falls short, this separates the work from the parallelism. `--quick` shrinks the problem.
 """
 from __future__ import annotations
 
@@ -30,6 +33,15 @@ from spo_tabular._threads import torch_threads
 
 from spo_tabular import make_problem, pair_mass, soft_optimal_policy, solve_exact
 from spo_tabular.objectives import SPOObjective
+
+
+CORES = torch.get_num_threads()     # torch's default: one per core
+
+
+def _one_thread(fn):
+    """fn() at one torch thread: the exact solver then runs its row blocks as one, in this thread."""
+    with torch_threads(1):
+        return fn()
 
 
 def lbfgs_baseline(problem, *, alpha, beta, threads=None):
@@ -63,20 +75,25 @@ def _lbfgs(problem, *, alpha, beta):
     return np.exp(log_softmax(z, axis=1)), res
 
 
-def paired_rounds(ours, base, rounds, repeat):
+def paired_rounds(ours, base, rounds, repeat, serial=None):
     """Interleaved rounds (ours, then the baseline, each best of `repeat`): per-round times and ratios.
 
     On a shared machine the speed drifts by tens of percent within a minute; a ratio taken inside
     one round compares the two under the same conditions, and the median over rounds is robust.
+    `serial`, when given, is also timed in each round (ours at one torch thread: the solve's whole
+    work in one thread), and its per-round times come back as a sixth element.
     """
-    t_ours, t_base, out_ours, out_base = [], [], None, None
+    t_ours, t_base, t_serial, out_ours, out_base = [], [], [], None, None
     for _ in range(rounds):
         t, out_ours = best_time(ours, repeat)
         t_ours.append(t)
+        if serial is not None:
+            t_serial.append(best_time(serial, repeat)[0])
         t, out_base = best_time(base, repeat)
         t_base.append(t)
     ratios = np.array(t_base) / np.array(t_ours)
-    return np.array(t_ours), np.array(t_base), ratios, out_ours, out_base
+    out = np.array(t_ours), np.array(t_base), ratios, out_ours, out_base
+    return out if serial is None else out + (np.array(t_serial),)
 
 
 def run(n_contexts, n_actions, alpha, repeat, rounds):
@@ -91,9 +108,10 @@ def run(n_contexts, n_actions, alpha, repeat, rounds):
                                           n_cal)[0]
                        for threads in (None, 1)}
         base_threads = min(calibration, key=calibration.get)
-        t_ours, t_base, ratios, ours, (base_policy, base_res) = paired_rounds(
+        t_ours, t_base, ratios, ours, (base_policy, base_res), t_serial = paired_rounds(
             lambda: solve_exact(problem, alpha=alpha, beta=beta),
-            lambda: lbfgs_baseline(problem, alpha=alpha, beta=beta, threads=base_threads), rounds, repeat)
+            lambda: lbfgs_baseline(problem, alpha=alpha, beta=beta, threads=base_threads), rounds, repeat,
+            serial=lambda: _one_thread(lambda: solve_exact(problem, alpha=alpha, beta=beta)))
         obj = SPOObjective(W, alpha=alpha, beta=beta, log_ref=problem.log_ref,
                            context_probs=problem.context_probs)
         if beta == 0.0:
@@ -116,6 +134,10 @@ def run(n_contexts, n_actions, alpha, repeat, rounds):
             "ours_accuracy": acc(ours.policy, ours.logits), "lbfgs_accuracy": acc(base_policy),
             "ours_iter": ours.n_iter, "lbfgs_iter": int(base_res.nit),
             "tv_between": float(0.5 * np.abs(ours.policy - base_policy).sum(1).max()),
+            # The solve's whole work in one thread, and what perfect scaling over the cores would give.
+            "ours_one_thread_s": float(np.median(t_serial)),
+            "parallel_speedup": float(np.median(t_serial / t_ours)),
+            "ratio_at_perfect_scaling": float(np.median(t_base / (t_serial / CORES))),
         })
     return rows
 
@@ -142,6 +164,9 @@ def main(argv=None):
               f"(rounds: {r['ratio_min']:.1f}-{r['ratio_max']:.1f}x)")
         print(f"  {'':<26} {r['accuracy metric']}: ours {r['ours_accuracy']:.2e}  L-BFGS-B {r['lbfgs_accuracy']:.2e}"
               f"   TV(ours, L-BFGS-B) {r['tv_between']:.2e}")
+        print(f"  {'':<26} ours at one torch thread {r['ours_one_thread_s']*1e3:.1f} ms (speed-up on "
+              f"{CORES} threads {r['parallel_speedup']:.2f}x); perfect scaling of that work would give "
+              f"{r['ratio_at_perfect_scaling']:.1f}x")
         cal = r["lbfgs_calibration_s"]
         print(f"  {'':<26} L-BFGS-B at torch's default threads {cal['default threads']*1e3:.1f} ms, at 1 thread "
               f"{cal['1 thread']*1e3:.1f} ms (best of {r['lbfgs_calibration_calls']}): timed at {r['lbfgs_threads']} "

@@ -44,3 +44,19 @@ def test_keep_freed_memory_spares_the_baseline_its_page_faults():
                                        check=True, timeout=300).stdout) for mode in ("default", "keep")}
     assert faults["default"] > 5000
     assert faults["keep"] < faults["default"] / 10
+
+
+def test_paired_rounds_times_the_one_thread_solve_in_every_round(monkeypatch):
+    # bench_exact's limit line (perfect scaling of the one-thread work) needs that work timed in the
+    # same rounds as both sides, under the same conditions: ours, then ours at one thread, then the
+    # baseline, each best of `repeat`.
+    import time
+    monkeypatch.syspath_prepend(str(BENCH[0].parent))
+    from bench_exact import paired_rounds
+    calls = []
+    out = paired_rounds(lambda: calls.append("ours"), lambda: calls.append("base"), 3, 2,
+                        serial=lambda: (calls.append("serial"), time.sleep(0.003)))
+    assert calls == ["ours", "ours", "serial", "serial", "base", "base"] * 3
+    assert len(out) == 6 and out[5].shape == (3,) and (out[5] >= 0.003).all()
+    assert (out[0] < 0.003).all()
+    assert len(paired_rounds(lambda: 1, lambda: 2, 1, 1)) == 5
