@@ -14,12 +14,17 @@ baseline's time follows the process's allocation history, 0.57–0.93 s against 
 β = 0.1). Each round also times our solve at one torch thread (its row blocks then run as one, in
 the calling thread: the solve's whole work in one thread), and prints the speed-up the threads give
 over it and the ratio that perfect scaling of that work over the cores would give: where a ratio
-falls short, this separates the work from the parallelism. `--quick` shrinks the problem.
+falls short, this separates the work from the parallelism. The β = 0.1 case is also timed with
+solve_exact(..., executor=ProcessPoolExecutor(cores − 1)), its row blocks beside the calling thread
+in worker processes (started by spawn, warmed up untimed), with its own ratio. `--quick` shrinks
+the problem (below 256 contexts the executor is left unused).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import scipy.optimize
@@ -75,28 +80,35 @@ def _lbfgs(problem, *, alpha, beta):
     return np.exp(log_softmax(z, axis=1)), res
 
 
-def paired_rounds(ours, base, rounds, repeat, serial=None):
+def paired_rounds(ours, base, rounds, repeat, others=None):
     """Interleaved rounds (ours, then the baseline, each best of `repeat`): per-round times and ratios.
 
     On a shared machine the speed drifts by tens of percent within a minute; a ratio taken inside
     one round compares the two under the same conditions, and the median over rounds is robust.
-    `serial`, when given, is also timed in each round (ours at one torch thread: the solve's whole
-    work in one thread), and its per-round times come back as a sixth element.
+    `others` ({name: fn}), when given, are timed in each round too, after ours (our solve at one
+    torch thread, our solve with an executor), and their per-round times and last results come
+    back as a sixth element, {name: (times, result)}.
     """
-    t_ours, t_base, t_serial, out_ours, out_base = [], [], [], None, None
+    t_ours, t_base, out_ours, out_base = [], [], None, None
+    t_others = {name: [] for name in others or {}}
+    out_others = {}
     for _ in range(rounds):
         t, out_ours = best_time(ours, repeat)
         t_ours.append(t)
-        if serial is not None:
-            t_serial.append(best_time(serial, repeat)[0])
+        for name, fn in (others or {}).items():
+            t, out_others[name] = best_time(fn, repeat)
+            t_others[name].append(t)
         t, out_base = best_time(base, repeat)
         t_base.append(t)
     ratios = np.array(t_base) / np.array(t_ours)
     out = np.array(t_ours), np.array(t_base), ratios, out_ours, out_base
-    return out if serial is None else out + (np.array(t_serial),)
+    if others is None:
+        return out
+    return out + ({name: (np.array(t_others[name]), out_others[name]) for name in others},)
 
 
-def run(n_contexts, n_actions, alpha, repeat, rounds):
+def run(n_contexts, n_actions, alpha, repeat, rounds, pool=None):
+    """Both cases; with `pool` (an Executor), the β > 0 case also times solve_exact(..., executor=pool)."""
     rows = []
     for beta, ref in ((0.0, "uniform"), (0.1, "dirichlet")):
         problem = make_problem(n_contexts, n_actions, seed=0, ref=ref)
@@ -108,10 +120,15 @@ def run(n_contexts, n_actions, alpha, repeat, rounds):
                                           n_cal)[0]
                        for threads in (None, 1)}
         base_threads = min(calibration, key=calibration.get)
-        t_ours, t_base, ratios, ours, (base_policy, base_res), t_serial = paired_rounds(
+        others = {"one thread": lambda: _one_thread(lambda: solve_exact(problem, alpha=alpha, beta=beta))}
+        if pool is not None and beta > 0:
+            solve_exact(problem, alpha=alpha, beta=beta, executor=pool)      # warm-up: the workers' imports
+            others["executor"] = lambda: solve_exact(problem, alpha=alpha, beta=beta, executor=pool)
+        t_ours, t_base, ratios, ours, (base_policy, base_res), timed = paired_rounds(
             lambda: solve_exact(problem, alpha=alpha, beta=beta),
             lambda: lbfgs_baseline(problem, alpha=alpha, beta=beta, threads=base_threads), rounds, repeat,
-            serial=lambda: _one_thread(lambda: solve_exact(problem, alpha=alpha, beta=beta)))
+            others=others)
+        t_serial = timed["one thread"][0]
         obj = SPOObjective(W, alpha=alpha, beta=beta, log_ref=problem.log_ref,
                            context_probs=problem.context_probs)
         if beta == 0.0:
@@ -139,6 +156,16 @@ def run(n_contexts, n_actions, alpha, repeat, rounds):
             "parallel_speedup": float(np.median(t_serial / t_ours)),
             "ratio_at_perfect_scaling": float(np.median(t_base / (t_serial / CORES))),
         })
+        if "executor" in timed:
+            t_ex, res = timed["executor"]
+            ex_ratios = t_base / t_ex
+            rows[-1]["executor"] = {
+                "executor": f"{type(pool).__name__}({pool._max_workers})", "ours_s": float(np.median(t_ex)),
+                "ratio": float(np.median(ex_ratios)), "ratio_min": float(ex_ratios.min()),
+                "ratio_max": float(ex_ratios.max()), "ours_iter": res.n_iter,
+                "ours_accuracy": acc(res.policy, res.logits),
+                "tv_to_default": float(0.5 * np.abs(res.policy - ours.policy).sum(1).max()),
+                "message": res.message}
     return rows
 
 
@@ -149,7 +176,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     kept = keep_freed_memory()
     m, n, repeat, rounds = (16, 8, 1, 1) if args.quick else (256, 64, 3, 5)
-    rows = run(m, n, 0.7, repeat, rounds)
+    # Worker processes for the executor row (one per core beside the calling thread), started by
+    # spawn: a fork of this process would copy torch's thread pools mid-state.
+    with ProcessPoolExecutor(max(1, CORES - 1), mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows = run(m, n, 0.7, repeat, rounds, pool=pool)
     for r in rows:
         r["glibc_keeps_freed_memory"] = kept
     if args.json:
@@ -167,6 +197,12 @@ def main(argv=None):
         print(f"  {'':<26} ours at one torch thread {r['ours_one_thread_s']*1e3:.1f} ms (speed-up on "
               f"{CORES} threads {r['parallel_speedup']:.2f}x); perfect scaling of that work would give "
               f"{r['ratio_at_perfect_scaling']:.1f}x")
+        ex = r.get("executor")
+        if ex is not None:
+            print(f"  {'':<26} ours with executor={ex['executor']} {ex['ours_s']*1e3:.1f} ms "
+                  f"({ex['ours_iter']} it): ratio {ex['ratio']:.1f}x (rounds: {ex['ratio_min']:.1f}-"
+                  f"{ex['ratio_max']:.1f}x); {r['accuracy metric']} {ex['ours_accuracy']:.2e}, TV to the "
+                  f"default solve {ex['tv_to_default']:.1e}")
         cal = r["lbfgs_calibration_s"]
         print(f"  {'':<26} L-BFGS-B at torch's default threads {cal['default threads']*1e3:.1f} ms, at 1 thread "
               f"{cal['1 thread']*1e3:.1f} ms (best of {r['lbfgs_calibration_calls']}): timed at {r['lbfgs_threads']} "

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -269,6 +270,12 @@ CASES = [
      esc("max_iter must be an integer >= 1, got 0")),
     ("solve_exact/max_iter-float", lambda: solve_exact(P, alpha=1.0, max_iter=10.0), TypeError,
      esc("max_iter must be an integer, got float")),
+    ("solve_exact/executor-type", lambda: solve_exact(P, alpha=1.0, beta=0.1, executor="pool"), TypeError,
+     esc("executor must be a concurrent.futures.Executor, got str")),
+    ("solve_exact/executor-with-data", lambda: solve_exact(P, alpha=1.0, data=PAIRS, executor=ThreadPoolExecutor(1)),
+     ValueError, esc("executor applies to population solves (data=None)")),
+    ("solve_exact/executor-not-taken", lambda: solve_exact(P, loss="dpo", beta=1.0, executor=ThreadPoolExecutor(1)),
+     ValueError, esc("executor not used by loss='dpo'")),
     # ------------------------------------------------------------------ solve_rlhf, oracle_policy
     ("solve_rlhf/beta=0", lambda: solve_rlhf(P, beta=0.0), ValueError, esc("beta must be a finite number > 0")),
     ("solve_rlhf/data-type", lambda: solve_rlhf(P, beta=1.0, data=R2), TypeError,

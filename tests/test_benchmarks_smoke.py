@@ -46,17 +46,20 @@ def test_keep_freed_memory_spares_the_baseline_its_page_faults():
     assert faults["keep"] < faults["default"] / 10
 
 
-def test_paired_rounds_times_the_one_thread_solve_in_every_round(monkeypatch):
-    # bench_exact's limit line (perfect scaling of the one-thread work) needs that work timed in the
-    # same rounds as both sides, under the same conditions: ours, then ours at one thread, then the
-    # baseline, each best of `repeat`.
+def test_paired_rounds_times_the_other_solves_in_every_round(monkeypatch):
+    # bench_exact's limit line (perfect scaling of the one-thread work) and its executor line need
+    # those solves timed in the same rounds as both sides, under the same conditions: ours, then
+    # each of the others, then the baseline, each best of `repeat`.
     import time
     monkeypatch.syspath_prepend(str(BENCH[0].parent))
     from bench_exact import paired_rounds
     calls = []
     out = paired_rounds(lambda: calls.append("ours"), lambda: calls.append("base"), 3, 2,
-                        serial=lambda: (calls.append("serial"), time.sleep(0.003)))
-    assert calls == ["ours", "ours", "serial", "serial", "base", "base"] * 3
-    assert len(out) == 6 and out[5].shape == (3,) and (out[5] >= 0.003).all()
-    assert (out[0] < 0.003).all()
+                        others={"serial": lambda: (calls.append("serial"), time.sleep(0.003))[1],
+                                "pool": lambda: calls.append("pool") or 7})
+    assert calls == ["ours", "ours", "serial", "serial", "pool", "pool", "base", "base"] * 3
+    assert len(out) == 6 and set(out[5]) == {"serial", "pool"}
+    times, last = out[5]["serial"]
+    assert times.shape == (3,) and (times >= 0.003).all() and (out[0] < 0.003).all()
+    assert out[5]["pool"][1] == 7
     assert len(paired_rounds(lambda: 1, lambda: 2, 1, 1)) == 5

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import log_softmax, logsumexp
 
-from spo_tabular import PairData, TabularProblem, make_problem, pair_mass, sample_pairs, soft_optimal_policy, solve_exact
+from spo_tabular import (PairData, TabularProblem, bradley_terry, make_problem, pair_mass, sample_pairs,
+                         soft_optimal_policy, solve_exact)
 from spo_tabular.objectives import SPOObjective
 from spo_tabular.solvers.exact import NoFiniteMinimizerWarning, NonUniqueMinimizerWarning
 
@@ -179,3 +180,90 @@ def test_same_seed_same_bits():
     a = solve_exact(p, alpha=0.5, beta=0.2, data=sample_pairs(p, 500, seed=1))
     b = solve_exact(p, alpha=0.5, beta=0.2, data=sample_pairs(p, 500, seed=1))
     np.testing.assert_array_equal(a.policy, b.policy)
+
+
+# ------------------------------------------------------------------ row blocks on an executor
+
+def _uneven_problem(m, n, seed):
+    """A make_problem with a non-uniform context distribution (the blocks' shares of the loss differ)."""
+    p = make_problem(m, n, seed=seed, ref="dirichlet")
+    rho = np.random.default_rng(seed).uniform(0.2, 5.0, m)
+    return TabularProblem(rewards=p.rewards, ref_policy=p.ref_policy, context_probs=rho / rho.sum())
+
+
+def _check_same_solve(p, res, ref, **options):
+    assert res.converged and res.status == "converged"
+    assert "row blocks" in res.message
+    assert np.abs(res.logits - ref.logits).max() <= 1e-10
+    assert max_tv(res.policy, ref.policy) <= 1e-12
+    # The merged loss and gradient norm against the objective evaluated afresh at the merged logits.
+    W = pair_mass(p, sampler=options.get("sampler", "uniform"), preference=options.get("preference"))
+    if options.get("weights") is not None:
+        W = W * options["weights"]
+    obj = SPOObjective(W, alpha=options["alpha"], beta=options["beta"], log_ref=p.log_ref,
+                       context_probs=p.context_probs)
+    z = torch.from_numpy(res.logits)
+    assert res.loss == pytest.approx(obj.value(z), rel=1e-13)
+    assert res.loss == pytest.approx(ref.loss, rel=1e-13)
+    assert res.grad_norm <= 1e-14 and float(obj.grad(z).abs().max()) <= 1e-14
+
+
+def test_an_executor_solves_row_blocks_to_the_same_minimiser():
+    from concurrent.futures import ThreadPoolExecutor
+    p = _uneven_problem(256, 12, seed=5)
+    options = dict(alpha=0.7, beta=0.3)
+    ref = solve_exact(p, **options)
+    with ThreadPoolExecutor(1) as pool:
+        res = solve_exact(p, executor=pool, **options)
+    _check_same_solve(p, res, ref, **options)
+
+
+def test_an_executor_splits_per_context_arrays_by_row():
+    # sampler, preference and weights arrays (m, n, n) go to each block as their rows.
+    from concurrent.futures import ThreadPoolExecutor
+    p = _uneven_problem(256, 5, seed=6)
+    rng = np.random.default_rng(6)
+    other = make_problem(256, 5, seed=7, reward_scale=2.0)
+    q = rng.uniform(0.5, 2.0, (256, 5, 5))
+    q[:, np.arange(5), np.arange(5)] = 0.0
+    options = dict(alpha=1.3, beta=0.5, sampler=q / q.sum(axis=(1, 2), keepdims=True),
+                   preference=bradley_terry(other.rewards), weights=rng.uniform(0.5, 1.5, (256, 5, 5)))
+    ref = solve_exact(p, **options)
+    with ThreadPoolExecutor(1) as pool:
+        res = solve_exact(p, executor=pool, **options)
+    _check_same_solve(p, res, ref, **options)
+
+
+def test_an_executor_of_worker_processes_gives_the_same_minimiser():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    p = _uneven_problem(256, 8, seed=8)
+    options = dict(alpha=0.5, beta=0.1)
+    ref = solve_exact(p, **options)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        res = solve_exact(p, executor=pool, **options)
+    _check_same_solve(p, res, ref, **options)
+    assert "ProcessPoolExecutor" in res.message
+
+
+def test_an_executor_reports_a_block_that_did_not_converge():
+    from concurrent.futures import ThreadPoolExecutor
+    from spo_tabular.solvers.exact import ConvergenceWarning
+    p = _uneven_problem(256, 8, seed=9)
+    with ThreadPoolExecutor(1) as pool, pytest.warns(ConvergenceWarning, match="not converged in 2 of 2 row blocks"):
+        res = solve_exact(p, alpha=0.7, beta=0.1, executor=pool, max_iter=1)
+    assert not res.converged and res.status == "max_iter" and res.n_iter == 1
+    assert np.all(np.isfinite(res.logits)) and res.policy.shape == (256, 8)
+
+
+def test_an_executor_is_left_unused_where_one_block_or_the_closed_form_does():
+    # Fewer than 256 contexts: one block; β = 0: the closed-form start. Both solve as without it.
+    from concurrent.futures import Executor
+
+    class Refuses(Executor):
+        def submit(self, fn, /, *args, **kwargs):
+            raise AssertionError("submit called")
+
+    for p, beta in ((_uneven_problem(255, 6, seed=10), 0.1), (_uneven_problem(512, 6, seed=11), 0.0)):
+        res, ref = solve_exact(p, alpha=0.7, beta=beta, executor=Refuses()), solve_exact(p, alpha=0.7, beta=beta)
+        assert np.array_equal(res.logits, ref.logits) and res.message == ref.message

@@ -17,6 +17,7 @@ import functools
 import os
 import threading
 import warnings
+import concurrent.futures as cf
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -649,7 +650,7 @@ def _result(obj, z, grad_norm, n_iter, converged, status, message, values=None) 
 
 def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data: PairData | None = None,
                sampler="uniform", preference=None, weights=None, tol: float = 1e-12,
-               max_iter: int = 100) -> SolveResult:
+               max_iter: int = 100, warn: bool = True) -> SolveResult:
     """argmin_z −(1/α) Σ W μ log σ(α(z_i − z_j)) + β Σ_x ρ_x KL(π_z‖π_ref): population (data=None) or empirical W."""
     if not isinstance(problem, TabularProblem):
         raise TypeError(f"problem must be a TabularProblem, got {type(problem).__name__}")
@@ -727,7 +728,8 @@ def _solve_spo(problem: TabularProblem, *, alpha: float, beta: float = 0.0, data
         no_kl = np.full(m, beta == 0.0)
         return _finish(obj, lambda: start(obj, slice(None)), unbounded=graph.unbounded & no_kl,
                        non_unique=graph.non_unique & no_kl, tol=tol, max_iter=max_iter, loss="spo",
-                       solve=lambda: solve(obj, slice(None)) if exact_start else _newton_in_blocks(obj, solve))
+                       solve=lambda: solve(obj, slice(None)) if exact_start else _newton_in_blocks(obj, solve),
+                       warn=warn)
 
 
 def _better_start(obj: SPOObjective, z0: torch.Tensor, z1: torch.Tensor, work=None, lowp=None):
@@ -792,9 +794,10 @@ def _pair_inputs(problem, data, sampler, preference, weights):
     return W, beats
 
 
-def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss, solve=None) -> SolveResult:
+def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss, solve=None, warn: bool = True) -> SolveResult:
     """Newton from z0 (a tensor, or a callable making it) or `solve()`, with the SPO path's reporting: no
-    finite minimiser / not converged / not unique.
+    finite minimiser / not converged / not unique (a warning each unless `warn` is False: the status
+    and message say the same).
 
     `solve()` returns _newton's tuple, optionally followed by the per-context objective values at z.
     """
@@ -804,7 +807,8 @@ def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss, solve=None) 
         message = (f"{loss}: no finite minimiser in {bad.size} context(s) (first: {bad[:5].tolist()}): "
                    "some probabilities run to 0 (the beats graph is not strongly connected); "
                    "add data or a KL term")
-        warnings.warn(message, NoFiniteMinimizerWarning, stacklevel=4)
+        if warn:
+            warnings.warn(message, NoFiniteMinimizerWarning, stacklevel=4)
         return _result(obj, z0, float(obj.grad(z0).abs().max()), 0, False, "no_finite_minimizer", message)
     if solve is None:
         out = _newton(obj, z0() if callable(z0) else z0, tol=tol, max_iter=max_iter)
@@ -815,30 +819,108 @@ def _finish(obj, z0, *, unbounded, non_unique, tol, max_iter, loss, solve=None) 
     if not converged:
         message = (f"{loss}: stopped after {n_iter} Newton iterations: scaled gradient {err:.3g} > tol={tol:g} "
                    f"(gradient norm {grad_norm:.3g})")
-        warnings.warn(message, ConvergenceWarning, stacklevel=4)
+        if warn:
+            warnings.warn(message, ConvergenceWarning, stacklevel=4)
         return _result(obj, z, grad_norm, n_iter, False, "max_iter", message, values)
     if non_unique.any():
         bad = np.flatnonzero(non_unique)
         message = (f"{loss}: minimiser not unique in {bad.size} context(s) (first: {bad[:5].tolist()}): the "
                    "comparison graph is disconnected, so the mass between its components is free; returned one")
-        warnings.warn(message, NonUniqueMinimizerWarning, stacklevel=4)
+        if warn:
+            warnings.warn(message, NonUniqueMinimizerWarning, stacklevel=4)
         return _result(obj, z, grad_norm, n_iter, True, "not_unique", message, values)
     return _result(obj, z, grad_norm, n_iter, True, "converged",
                    f"{loss}: converged in {n_iter} Newton iterations (scaled gradient {err:.2e}, "
                    f"gradient norm {grad_norm:.2e})", values)
 
 
-def _solve_spo_loss(problem, *, data, sampler, preference, tol, max_iter, alpha=None, beta=0.0, weights=None):
+def _solve_spo_loss(problem, *, data, sampler, preference, tol, max_iter, alpha=None, beta=0.0, weights=None,
+                    executor=None):
     alpha = _required("alpha", alpha, "spo")
     if weights is not None and data is not None and np.ndim(weights) == 1:
         weights = pair_weights_from_samples(data, weights)       # per-sample μ → per-pair μ̄
+    if executor is not None:
+        if not isinstance(executor, cf.Executor):
+            raise TypeError(f"executor must be a concurrent.futures.Executor, got {type(executor).__name__}")
+        if data is not None:
+            raise ValueError("executor applies to population solves (data=None): sampled data are solved in this process")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = _solve_spo(problem, alpha=alpha, beta=beta, data=data, sampler=sampler, preference=preference,
-                            weights=weights, tol=tol, max_iter=max_iter)
+        beta = v.nonnegative_float("beta", beta)
+        if executor is not None and beta > 0 and problem.n_contexts >= 2 * _EXECUTOR_MIN_ROWS:
+            result = _solve_spo_split(problem, executor, alpha=v.positive_float("alpha", alpha), beta=beta,
+                                      sampler=sampler, preference=preference, weights=weights, tol=tol,
+                                      max_iter=max_iter)
+        else:
+            result = _solve_spo(problem, alpha=alpha, beta=beta, data=data, sampler=sampler, preference=preference,
+                                weights=weights, tol=tol, max_iter=max_iter)
     for w in caught:      # re-issued under the caller's filters, pointing at the caller's line
         warnings.warn(w.message, w.category, stacklevel=3)
     return result
+
+
+_EXECUTOR_MIN_ROWS = 128    # contexts in a row block that solve_exact sends to an executor
+
+
+def _solve_spo_rows(problem: TabularProblem, **options) -> SolveResult:
+    """The population SPO solve of one row sub-problem at one torch thread, without warnings (the merged
+    result reports): an executor's task, at module level so that it pickles. (Not warnings.catch_warnings:
+    its filters are the process's, and blocks on threads would undo each other's.)"""
+    with torch_threads(1):
+        return _solve_spo(problem, warn=False, **options)
+
+
+def _solve_spo_split(problem: TabularProblem, executor: cf.Executor, *, sampler, preference, weights,
+                     **options) -> SolveResult:
+    """The population SPO solve (β > 0) as k independent row sub-problems, k − 1 of them on `executor`.
+
+    Contexts are independent, so rows a..b with context mass s = Σ ρ_x form a problem of their own
+    (ρ/s its context distribution; its loss and gradient are those rows' shares divided by s). The
+    calling thread solves the first block while the executor solves the others; each block is a
+    whole solve at one torch thread. k = min(m // 128, torch's thread count, at least 2). In worker
+    processes (a ProcessPoolExecutor) the blocks run free of this interpreter's GIL, which holds two
+    threads of small torch calls to about 1.3× on 2 cores (README, Benchmarks, ninth round).
+    """
+    m, n = problem.n_contexts, problem.n_actions
+    arrays = {}
+    for name, value in (("sampler", sampler), ("preference", preference), ("weights", weights)):
+        if value is not None and not isinstance(value, str):        # per-context arrays: split by row
+            arrays[name] = v.float_array(name, value, shape=(m, n, n))
+    k = max(2, min(m // _EXECUTOR_MIN_ROWS, torch.get_num_threads()))
+    bounds = np.linspace(0, m, k + 1).astype(int).tolist()
+    blocks, masses = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        rho = problem.context_probs[a:b]
+        masses.append(float(rho.sum()))
+        sub = TabularProblem(rewards=problem.rewards[a:b], ref_policy=problem.ref_policy[a:b],
+                             context_probs=rho / masses[-1])
+        given = {"sampler": sampler, "preference": preference, "weights": weights}
+        given.update({name: value[a:b] for name, value in arrays.items()})
+        blocks.append((sub, {**options, **given}))
+    futures = [executor.submit(_solve_spo_rows, sub, **kw) for sub, kw in blocks[1:]]
+    try:
+        results = [_solve_spo_rows(blocks[0][0], **blocks[0][1])] + [f.result() for f in futures]
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    n_iter = max(r.n_iter for r in results)
+    grad_norm = max(s * r.grad_norm for s, r in zip(masses, results))
+    where = f"{k} row blocks, {k - 1} on {type(executor).__name__}"
+    failed = [i for i, r in enumerate(results) if not r.converged]
+    if failed:
+        first = results[failed[0]]
+        status = first.status
+        message = (f"spo: not converged in {len(failed)} of {k} row blocks ({where}); the first, contexts "
+                   f"{bounds[failed[0]]}..{bounds[failed[0] + 1] - 1}: {first.message}")
+        warnings.warn(message, ConvergenceWarning, stacklevel=2)
+    else:
+        status = "converged"
+        message = f"spo: converged in {n_iter} Newton iterations ({where}; gradient norm {grad_norm:.2e})"
+    return SolveResult(policy=np.concatenate([r.policy for r in results]),
+                       logits=np.concatenate([r.logits for r in results]),
+                       loss=float(sum(s * r.loss for s, r in zip(masses, results))), grad_norm=grad_norm,
+                       n_iter=n_iter, converged=not failed, message=message, status=status)
 
 
 def _solve_choice(problem, *, ranked, data, sampler, preference, tol, max_iter, alpha=None, beta=0.0, k=None,
@@ -973,14 +1055,17 @@ def _check_population_options(data, sampler, preference):
 
 def solve_exact(problem: TabularProblem, *, loss: str = "spo", alpha=None, beta=None, tau=None, k=None,
                 lam=None, weights=None, data=None, sampler="uniform", preference=None, tol: float = 1e-12,
-                max_iter: int = 100) -> SolveResult:
+                max_iter: int = 100, executor=None) -> SolveResult:
     """argmin over logits (m, n) of `loss`'s exact objective (SPEC §5) on the population (data=None) or on data.
 
     loss ∈ LOSS_SOLVERS: spo (alpha, beta = KL weight, default 0), spo_best_of_n / spo_ranked (alpha, beta =
     KL weight, k for the population), dpo and hinge (beta = loss strength), ipo (tau), cpo (beta = loss
     strength, lam = NLL weight, default 1). weights: μ per pair (m, n, n) or per sample (N,); for the
-    population best-of-n / ranked, per shown k-set (m, C(n, k)) in lexicographic order. Returns a
-    SolveResult; a missing / non-unique minimiser or non-convergence is reported by status and a warning.
+    population best-of-n / ranked, per shown k-set (m, C(n, k)) in lexicographic order. executor (spo,
+    population): a concurrent.futures.Executor, e.g. a ProcessPoolExecutor, that solves row blocks of
+    a β > 0 problem with at least 256 contexts as sub-problems beside the calling thread (otherwise
+    unused). Returns a SolveResult; a missing / non-unique minimiser or non-convergence is reported by
+    status and a warning.
     """
     spec = LOSS_SOLVERS.get(loss) if isinstance(loss, str) else None
     if spec is None:
@@ -992,6 +1077,10 @@ def solve_exact(problem: TabularProblem, *, loss: str = "spo", alpha=None, beta=
     extra = sorted(set(given) - set(spec.params))
     if extra:
         raise ValueError(f"{', '.join(extra)} not used by loss={loss!r} (it takes {', '.join(spec.params)})")
+    if executor is not None:
+        if loss != "spo":
+            raise ValueError(f"executor not used by loss={loss!r} (it applies to loss='spo')")
+        given["executor"] = executor
     if data is not None and not isinstance(data, spec.data_types):
         names = " or ".join(t.__name__ for t in spec.data_types)
         raise TypeError(f"data for loss={loss!r} must be a {names} or None, got {type(data).__name__}")
