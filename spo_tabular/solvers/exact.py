@@ -12,12 +12,12 @@ solved in parallel on a small thread pool, and derivatives are computed in reuse
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import functools
 import os
 import threading
 import warnings
-import concurrent.futures as cf
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
