@@ -9,6 +9,7 @@ diagonal-plus-low-rank and not positive definite everywhere. Work is in torch fl
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,16 +19,22 @@ import torch.nn.functional as F
 
 Tensor = torch.Tensor
 DTYPE = torch.float64
+_QUADRATIC_RADIUS = 0.05     # in logits, where every curvature of the objective varies over ≥ 1
 
 
 @dataclass(frozen=True)
 class MarginLoss:
-    """A scalar loss ℓ(d) of the pair margin d with its first and second derivatives (elementwise)."""
+    """A scalar loss ℓ(d) of the pair margin d with its first and second derivatives (elementwise).
+
+    `width` is the change of margin over which ℓ'' changes by O(1): 1/α for −(1/α) log σ(α d), ∞ for
+    a quadratic. A solver trusts its quadratic model only for steps short against it.
+    """
 
     name: str
     value: Callable[[Tensor], Tensor]
     d1: Callable[[Tensor], Tensor]
     d2: Callable[[Tensor], Tensor]
+    width: float = math.inf
 
 
 def spo_margin(alpha: float) -> MarginLoss:
@@ -38,6 +45,7 @@ def spo_margin(alpha: float) -> MarginLoss:
         d1=lambda d: -torch.sigmoid(-alpha * d),
         # σ(t)σ(−t) = exp(logσ(t) + logσ(−t)) stays accurate where σ(−t) underflows.
         d2=lambda d: alpha * torch.exp(F.logsigmoid(alpha * d) + F.logsigmoid(-alpha * d)),
+        width=1.0 / alpha,
     )
 
 
@@ -148,6 +156,14 @@ class PairwiseObjective:
     def context_mass(self) -> Tensor:
         """Σ_ij W[x] + β_x ρ_x per context, shape (m,): the scale of context x's gradient."""
         return self.W.sum(dim=(1, 2)) + self.beta * self.context_probs
+
+    def quadratic_radius(self) -> Tensor:
+        """Per context (m,), the step max_i |Δz_i| a solver takes whole without testing it: 0.05 · min(1, width).
+
+        The softmax and the KL term bend over about a nat of logit, the margin loss over its width
+        (1/α, 1/β): a longer Newton step can overshoot a wall of the objective and raise it.
+        """
+        return torch.full((self.n_contexts,), _QUADRATIC_RADIUS * min(1.0, self.margin.width), dtype=DTYPE)
 
     def values(self, z: Tensor) -> Tensor:
         """Per-context objective f_x(z_x), shape (m,); L = Σ_x f_x."""
@@ -272,6 +288,10 @@ class SPOObjective(PairwiseObjective):
         """
         cap = torch.clamp(0.5 / self.alpha, min=2.0)
         return torch.where(self.beta > 0, cap, torch.full_like(cap, float("inf")))
+
+    def quadratic_radius(self) -> Tensor:
+        """0.05 · min(1, 1/α_x) per context (m,): PairwiseObjective.quadratic_radius with each context's α."""
+        return _QUADRATIC_RADIUS * torch.clamp(1.0 / self.alpha, max=1.0)
 
     # Per-context fields that rows, subsets and casts carry along (None where unused).
     _ROW_FIELDS = ("S_alpha", "shown_alpha", "_shown", "_lost_half", "lost", "log_ref", "context_probs",

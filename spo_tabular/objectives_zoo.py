@@ -31,6 +31,7 @@ def dpo_margin(beta: float) -> MarginLoss:
         d1=lambda u: -beta * torch.sigmoid(-beta * u),
         # σ(t)σ(−t) = exp(logσ(t) + logσ(−t)) stays accurate where σ(−t) underflows.
         d2=lambda u: beta * beta * torch.exp(F.logsigmoid(beta * u) + F.logsigmoid(-beta * u)),
+        width=1.0 / beta,
     )
 
 
@@ -43,7 +44,7 @@ def squared_margin() -> MarginLoss:
 def hinge_margin(beta: float) -> MarginLoss:
     """Hinge (SLiC): ℓ(u) = max(0, 1 − β u); a subgradient −β 1[β u < 1]; ℓ'' = 0 (piecewise linear)."""
     return MarginLoss(name="hinge", value=lambda u: torch.relu(1.0 - beta * u),
-                      d1=lambda u: -beta * (beta * u < 1.0).to(u.dtype), d2=torch.zeros_like)
+                      d1=lambda u: -beta * (beta * u < 1.0).to(u.dtype), d2=torch.zeros_like, width=1.0 / beta)
 
 
 def _softmax_residual(p: Tensor, mass: Tensor, total: Tensor):
@@ -127,7 +128,7 @@ class ChoiceObjective(PairwiseObjective):
 
     def __init__(self, events: ChoiceEvents, *, alpha, beta, log_ref, context_probs):
         m, n = events.n_contexts, events.n_actions
-        super().__init__(torch.zeros((m, 1, 1), dtype=DTYPE), MarginLoss("none", None, None, None),
+        super().__init__(torch.zeros((m, 1, 1), dtype=DTYPE), MarginLoss("none", None, None, None, width=1.0 / alpha),
                          beta=beta, log_ref=log_ref, context_probs=context_probs)
         self.alpha = float(alpha)
         self.mass = as_tensor(events.context_mass())                # (m,)

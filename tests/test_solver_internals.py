@@ -9,9 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spo_tabular import make_problem, pair_mass, sample_pairs, solve_exact
+from spo_tabular import TabularProblem, make_problem, pair_mass, sample_pairs, solve_exact
 from spo_tabular.preferences import bradley_terry, pair_probs
 from spo_tabular.objectives import SPOObjective
+from spo_tabular.objectives_zoo import dpo_objective, ipo_objective
 from spo_tabular.solvers import exact as ex
 
 
@@ -577,6 +578,39 @@ def test_max_step_is_two_nats_or_half_over_alpha_where_the_kl_is_on():
     obj = SPOObjective(pair_mass(p), alpha=np.array([0.1, 0.7, 0.25, 0.05]), beta=np.array([0.5, 0.5, 1.0, 0.0]),
                        log_ref=p.log_ref, context_probs=p.context_probs)
     torch.testing.assert_close(obj.max_step(), torch.tensor([5.0, 2.0, 2.0, float("inf")], dtype=torch.float64))
+
+
+def test_quadratic_radius_is_a_twentieth_of_the_narrowest_curvature_scale():
+    # The KL term and the softmax bend over ~1 nat, the margin loss over its width: 1/α (SPO), 1/β (DPO).
+    p = make_problem(4, 3, seed=0)
+    spo = SPOObjective(pair_mass(p), alpha=np.array([0.1, 0.7, 2.0, 1e3]), beta=0.5, log_ref=p.log_ref,
+                       context_probs=p.context_probs)
+    torch.testing.assert_close(spo.quadratic_radius(), torch.tensor([0.05, 0.05, 0.025, 5e-5], dtype=torch.float64))
+    dpo = dpo_objective(pair_mass(p), beta=1e3, log_ref=p.log_ref, context_probs=p.context_probs)
+    torch.testing.assert_close(dpo.quadratic_radius(), torch.full((4,), 5e-5, dtype=torch.float64))
+    ipo = ipo_objective(pair_mass(p), tau=1e-3, log_ref=p.log_ref, context_probs=p.context_probs)
+    torch.testing.assert_close(ipo.quadratic_radius(), torch.full((4,), 0.05, dtype=torch.float64))
+
+
+def test_untested_newton_steps_never_raise_the_objective_at_a_sharp_alpha(monkeypatch):
+    # α = 1e3: the preference term is a wall 1e-3 wide with the minimiser on it (W_13/W_31 ~ 1e-195).
+    # Steps the solver takes whole without a test (`small`) must still go downhill; fixed 0.05-nat
+    # steps crossed the wall back and forth, raising the objective, until max_iter.
+    problem = TabularProblem(np.array([[-411.0, 277.0, 1000.0, 726.0]]), np.array([[0.23, 0.15, 0.48, 0.14]]))
+    rises = []
+    real = ex._split_step
+
+    def spy(obj, z, d, slope, fn, small, derivatives):
+        z_new, derivs, t = real(obj, z, d, slope, fn, small, derivatives)
+        if bool(small.any()):
+            before, after = obj.values(z)[small], obj.values(z_new)[small]
+            rises.append(float((after - before - 1e-14 * before.abs()).max()))
+        return z_new, derivs, t
+
+    monkeypatch.setattr(ex, "_split_step", spy)
+    result = solve_exact(problem, alpha=1e3, beta=10.0)
+    assert result.converged and result.n_iter < 30
+    assert rises and max(rises) <= 0.0
 
 
 def _longest_steps(monkeypatch, obj_max_step=None):

@@ -355,7 +355,8 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     condition takes the full step; only the others (few, early on) backtrack on objective values.
     Objectives without the split backtrack on values throughout. An objective with `max_step()` (m,)
     bounds each context's step, max_i |d_i|, before the search (SPOObjective: the saddle-free steps
-    of an indefinite KL Hessian).
+    of an indefinite KL Hessian). Steps shorter than `obj.quadratic_radius()` (m,) (0.05 nats, less
+    where the margin loss is sharper) are taken whole without either test.
     """
     eps, tiny = torch.finfo(z.dtype).eps, torch.finfo(z.dtype).tiny
     z = z.clone()
@@ -373,6 +374,8 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     n_iter = 0
     split = bool(getattr(obj, "split_convex", False)) and hasattr(obj, "subset")
     cap = obj.max_step() if hasattr(obj, "max_step") else None      # a bound on each step (m,)
+    # Steps within this (m,) are taken whole, untested (objectives without it: 0.05 nats).
+    radius = obj.quadratic_radius() if hasattr(obj, "quadratic_radius") else torch.full((m,), 0.05, dtype=z.dtype)
     if cap is not None and bool(torch.isinf(cap).all()):
         cap = None
     if split and work is None:
@@ -426,6 +429,7 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
                 H, sub = H[keep], sub.subset(keep)
             idx, zs, g = idx[keep], zs[keep], g[keep]
             floor, mass, g_tiny = floor[keep], mass[keep], g_tiny[keep]
+            radius = radius[keep]
             if cap is not None:
                 cap = cap[keep]
             if split:
@@ -446,8 +450,10 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
                 d.mul_(torch.where(over, cap / d_max, 1.0)[:, None])
                 d_max = torch.minimum(d_max, cap)
         slope = (g * d).sum(dim=1)                                  # < 0: a descent direction
-        # A step this small is deep in Newton's quadratic region: take it whole, no test.
-        small = d_max <= 0.05
+        # A step this small is deep in Newton's quadratic region: take it whole, no test. (Not a
+        # fixed length: at α = 1e3 the preference term is a wall 1e-3 wide, and untested steps of
+        # 0.05 crossed it back and forth, raising the objective, for all of max_iter.)
+        small = d_max <= radius
         if n_done:
             small |= done
         if split:
