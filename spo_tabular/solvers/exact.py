@@ -885,7 +885,7 @@ def _solve_spo_split(problem: TabularProblem, executor: cf.Executor, *, sampler,
     calling thread solves the first block while the executor solves the others; each block is a
     whole solve at one torch thread. k = min(m // 128, torch's thread count, at least 2). In worker
     processes (a ProcessPoolExecutor) the blocks run free of this interpreter's GIL, which holds two
-    threads of small torch calls to about 1.3× on 2 cores (README, Benchmarks, ninth round).
+    threads of small torch calls to about 1.3× on 2 cores (docs/performance.md, the ninth round).
     """
     m, n = problem.n_contexts, problem.n_actions
     arrays = {}
