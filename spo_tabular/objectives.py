@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .lowrank import sigmoid_kernel
+
 Tensor = torch.Tensor
 DTYPE = torch.float64
 _QUADRATIC_RADIUS = 0.05     # in logits, where every curvature of the objective varies over ≥ 1
@@ -101,17 +103,20 @@ class PairwiseObjective:
         logp = torch.log_softmax(z, dim=-1)
         return (logp.exp() * (logp - self.log_ref)).sum(dim=-1)
 
+    def _kl_parts(self, z: Tensor) -> tuple:
+        """(π, π⊙v, KL) per context, (m, n), (m, n), (m,), with v = log π − log π_ref − KL: ∇KL = π⊙v."""
+        logp = torch.log_softmax(z, dim=-1)
+        p = logp.exp()
+        g = logp - self.log_ref
+        kl = (p * g).sum(dim=-1)
+        return p, p * (g - kl[:, None]), kl
+
     def _kl_grad_hess(self, z: Tensor, need_hess: bool = True, add_to: Tensor | None = None,
                       weight: Tensor | None = None):
         """(∇KL (m, n), weight·∇²KL (m, n, n) or None, KL (m,)); with `add_to` the Hessian is added into it."""
         # With g = log π − log π_ref and v = g − KL: ∇KL = π⊙v and
         # ∇²KL = diag(π(1+v)) − ππᵀ − (π⊙v)πᵀ − π(π⊙v)ᵀ.
-        logp = torch.log_softmax(z, dim=-1)
-        p = logp.exp()
-        g = logp - self.log_ref
-        kl = (p * g).sum(dim=-1)
-        vv = g - kl[:, None]
-        pv = p * vv
+        p, pv, kl = self._kl_parts(z)
         if not need_hess:
             return pv, None, kl
         # The three rank-one terms as one batched product: [p, pv] @ [p + pv, p]ᵀ; with `add_to`,
@@ -399,11 +404,51 @@ class SPOObjective(PairwiseObjective):
         return self.lost - torch.einsum("xij,xij->xi", self.S_alpha, self._sig(z)) / self.alpha[:, None]
 
     def grad_hess_diag(self, z: Tensor, out=None):
-        """(∇L (m, n), diag ∇²L (m, n)) without building the Hessian (preference term only, β = 0); `out` as
-        in split_derivatives. For a solver's check of a start that is already the minimiser."""
-        if self.has_kl:
-            g, H = self.grad_hess(z)
-            return g, torch.diagonal(H, dim1=1, dim2=2)
+        """(∇L (m, n), diag ∇²L (m, n)) without building the Hessian; `out` as in split_derivatives. For a
+        solver's check of a start that is already the minimiser."""
+        g, diag, _, _ = self.split_grad_diag(z, out=out)
+        return g, diag
+
+    def split_grad_diag(self, z: Tensor, out=None):
+        """(∇L (m, n), diag ∇²L (m, n), ∇N (m, n), N (m,)): split_derivatives with the Hessian's diagonal
+        in place of the Hessian, from one read of the σ grid (diag ∇²KL = π(1 + v) − π² − 2π²v)."""
+        g, diag = self._preference_grad_diag(z, out=out)
+        if not self.has_kl:
+            return g, diag, torch.zeros_like(z), torch.zeros(z.shape[0], dtype=z.dtype)
+        w = self.beta * self.context_probs
+        p, pv, kl = self._kl_parts(z)
+        gn = w[:, None] * pv
+        diag = diag + w[:, None] * (p + pv - p * (p + 2.0 * pv))
+        return g + gn, diag, gn, w * kl
+
+    def kernel_hessian(self, z: Tensor, k: int, with_kl: bool = True) -> tuple:
+        """∇²L(z) ≈ diag(D) + V G Vᵀ, its σ′ weights interpolated at k Chebyshev nodes (lowrank.py), for
+        uniform_shown objectives: (D (m, n), Vᵀ (m, r, n), G (m, r, r)), r = k + 2 with the KL term (its
+        rank-2 part as the columns π, π⊙v), else k (also with with_kl=False: the preference term's
+        alone). The Laplacian a(diag(B̃1) − B̃) of B̃ = T A Tᵀ is exactly singular along 1, like ∇²L: a
+        solver adds its gauge."""
+        if self.S_alpha is not None:
+            raise ValueError("kernel_hessian needs uniform_shown (every pair shown equally often in a context)")
+        m, n = z.shape
+        with_kl = with_kl and self.has_kl
+        r = k + 2 if with_kl else k
+        Vt = torch.empty(m, r, n, dtype=z.dtype)
+        Tt, A = sigmoid_kernel(self.alpha.to(z.dtype)[:, None] * z, k, out=Vt)
+        a = self.shown_alpha.to(z.dtype)
+        y = (A * Tt.sum(dim=2)[:, None, :]).sum(dim=2)                 # A Tᵀ1 (m, k)
+        D = (y[:, :, None] * Tt).sum(dim=1).mul_(a[:, None])            # a B̃1 (m, n)
+        G = torch.zeros(m, r, r, dtype=z.dtype)
+        G[:, :k, :k] = A.mul_(-a[:, None, None])
+        if with_kl:
+            w = (self.beta * self.context_probs).to(z.dtype)
+            p, pv, _ = self._kl_parts(z)
+            D.addcmul_(w[:, None], p + pv)
+            Vt[:, k].copy_(p)
+            Vt[:, k + 1].copy_(pv)
+            G[:, k, k] = G[:, k, k + 1] = G[:, k + 1, k] = -w
+        return D, Vt, G
+
+    def _preference_grad_diag(self, z: Tensor, out=None):
         s = self._sig(z, None if out is None else out[0])
         if self.S_alpha is None:
             # H_ii = α c Σ_{j≠i} s_ij(1 − s_ij) = α c (Σ_j s_ij − Σ_j s_ij² − ¼)

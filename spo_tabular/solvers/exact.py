@@ -29,6 +29,7 @@ from .. import _validation as v
 from .._threads import SMALL_WORK, torch_threads
 from ..choice_sets import data_events, pair_weights_from_samples, population_events
 from ..graphs import GraphReport, comparison_graph, is_complete
+from ..lowrank import chebyshev_half_span, chebyshev_rank, woodbury_step
 from ..objectives import DTYPE, PairwiseObjective, SPOObjective, _laplacian
 from ..objectives_zoo import ChoiceObjective, CPOObjective, dpo_objective, hinge_objective, ipo_objective
 from ..preferences import BestOfNData, PairData, RankedData, _pair_mass, pair_mass, pair_probs, preference_matrix
@@ -146,6 +147,10 @@ def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor, work=None) -> t
     Exact as β → 0; as β → ∞ it lands one Newton-on-KL step from π_ref. Measured on (256, 64)
     problems it saves one or two Newton iterations over the plain β = 0 start.
     """
+    if _kernel_steps(obj):
+        start = _kl_quadratic_start_kernel(obj, z_star)
+        if start is not None:
+            return start
     _, H = obj._preference_grad_hess(z_star, out=work)
     z_mid = 0.5 * (z_star + obj.log_ref)
     p = torch.softmax(z_mid, dim=-1)
@@ -158,6 +163,36 @@ def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor, work=None) -> t
     H.baddbmm_(wp[:, :, None], p[:, None, :], alpha=-1.0)      # H* + βρ F_m, in place
     H.diagonal(dim1=1, dim2=2).add_(wp)
     return _newton_direction(-b, H)
+
+
+def _kl_quadratic_start_kernel(obj: SPOObjective, z_star: torch.Tensor) -> torch.Tensor | None:
+    """_kl_quadratic_start with H* from obj.kernel_hessian (uniform-shown SPO; lowrank.py): no grid pass and
+    no factorisation. None where the widest span of αz* needs more than n/4 Chebyshev nodes."""
+    m, n = z_star.shape
+    x = obj.alpha[:, None] * z_star
+    k = chebyshev_rank(0.5 * float((x.amax(dim=1) - x.amin(dim=1)).max()), _KERNEL_TOL)
+    if k > n // 4:
+        return None
+    D, Tt, A = obj.kernel_hessian(z_star, k, with_kl=False)           # H* ≈ diag(D) + T A Tᵀ
+    z_mid = 0.5 * (z_star + obj.log_ref)
+    p = torch.softmax(z_mid, dim=-1)
+    w = obj.beta * obj.context_probs
+    wp = w[:, None] * p
+    g_kl = obj._kl_parts(z_mid)[1]
+    # The right side H*z* + F_m z_m − βρ∇KL(z_m), as in _kl_quadratic_start.
+    b = (D * z_star).add_((torch.bmm(A, torch.bmm(Tt, z_star[:, :, None])) * Tt).sum(dim=1)) \
+        + wp * (z_mid - (p * z_mid).sum(dim=1, keepdim=True)) - w[:, None] * g_kl
+    # H* + βρ F_m = diag(D + wp) + [T, π] diag(A, −w) [T, π]ᵀ, plus the gauge on T_0 = 1.
+    Vt = torch.cat((Tt, p[:, None, :]), dim=1)
+    G = torch.zeros(m, k + 1, k + 1, dtype=z_star.dtype)
+    G[:, :k, :k] = A
+    G[:, k, k] = -w
+    D = D.add_(wp)
+    G[:, 0, 0] += D.abs().mean(dim=1) / n
+    d, ok = woodbury_step(-b, D, Vt, G)
+    if not bool(ok.all()):
+        return None
+    return d - d.mean(dim=1, keepdim=True)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -344,7 +379,10 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     and faster LAPACK where the step only needs a few digits. Every context then takes its last
     steps, and is judged converged, in float64. (Float32 steps stall near a scaled gradient of
     1e-6: without the quarter rule a few slow contexts kept the whole batch there, unable to
-    converge and retire, for ten iterations.)
+    converge and retire, for ten iterations.) The float32 iterations also end once one fails to
+    halve the largest scaled gradient: where float32 is what limits it (large reward gaps, whose
+    curvatures are tiny beside the gradient's rounding) they never reach _LOWP_ERR, and a (32, 16)
+    problem with rewards ×10 stalled in them for all of max_iter.
     `check_start` (a start that is likely the minimiser already) first tests it with the gradient and
     the Hessian's diagonal only (obj.grad_hess_diag), and builds the Hessian only if needed.
 
@@ -381,6 +419,7 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     if split and work is None:
         work = _grid_work(2, m, z.shape[1])
     use_lowp = lowp is not None
+    lowp_worst = float("inf")        # the largest scaled gradient at the last float32 iteration
 
     def derivatives(o, x: torch.Tensor) -> tuple:
         return _derivatives(o, x, work, lowp if use_lowp and o is obj else None)
@@ -398,7 +437,7 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
             pending = derivatives(sub, zs) if split else sub.grad_hess(zs) + (None, None)
         g, H, gn, fn = pending
         pending = None
-        err, gmax = _scaled_error(g, torch.diagonal(H, dim1=1, dim2=2), floor)
+        err, gmax = _scaled_error(g, _hessian_diagonal(H), floor)
         # Done: the scaled gradient is below tol, or the gradient itself is at round-off level
         # (where probabilities underflow the Hessian vanishes and no step can improve anything).
         # (Few small ops per iteration: two solves in parallel threads hand the GIL back and forth
@@ -412,7 +451,10 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
             break
         n_iter = it + 1
         if use_lowp:
-            use_lowp = float(err.max()) > _LOWP_ERR and 4 * int((err > _LOWP_FLOOR).sum()) >= err.numel()
+            worst = float(err.max())
+            use_lowp = worst > _LOWP_ERR and 4 * int((err > _LOWP_FLOOR).sum()) >= err.numel() \
+                and worst < _LOWP_PROGRESS * lowp_worst
+            lowp_worst = worst
         if hasattr(sub, "subset") and 4 * n_done >= done.numel():
             z[idx[done]] = zs[done]             # retire converged contexts
             err_all[idx[done]], gmax_all[idx[done]] = err[done], gmax[done]
@@ -422,8 +464,8 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
                 # ~2 ms a solve at (128, 64)): H to the first work buffer, free until the next
                 # derivatives, and α(W + Wᵀ) to whichever of two retirement slots the source is not in.
                 k = int(keep.sum())
-                H = torch.index_select(H, 0, keep.nonzero()[:, 0], out=work[0][:k]) if H.dtype == work[0].dtype \
-                    else H[keep]
+                H = torch.index_select(H, 0, keep.nonzero()[:, 0], out=work[0][:k]) \
+                    if H.dim() == 3 and H.dtype == work[0].dtype else H[keep]
                 sub = sub.subset(keep, out_grid=None if sub.S_alpha is None else _retire_grid(sub.S_alpha, k))
             else:
                 H, sub = H[keep], sub.subset(keep)
@@ -440,7 +482,10 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
             # A float32 Hessian (the early iterations): the rows that need the saddle-free step are
             # rebuilt in float32 too, so their eigendecomposition is float32 (1.5× faster).
             rebuild = functools.partial(lambda rows, f, dtype: f(rows).to(dtype), f=rebuild, dtype=H.dtype)
-        d = _newton_direction(g, H, rebuild=rebuild)
+        if H.dim() == 2:        # the kernel iterations: H is the Hessian's diagonal (_derivatives)
+            d = _kernel_direction(lowp if sub is obj and lowp is not None else sub, zs, g, rebuild)
+        else:
+            d = _newton_direction(g, H, rebuild=rebuild)
         if n_done:
             d[done] = 0.0
         d_max = d.abs().amax(dim=1)
@@ -480,6 +525,7 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
 
 _LOWP_ERR = 0.05    # _newton's float32 iterations run while some context's scaled gradient exceeds this
 _LOWP_FLOOR = 1e-4  # ... and a quarter of them exceed this (float32 steps stall near 1e-6)
+_LOWP_PROGRESS = 0.5  # ... and the last float32 step shrank it at least this much (else float32 is the limit)
 _LOWP_MIN_ACTIONS = 16  # below this the grids are too small for float32 to pay
 _LOWP_MAX_GRID = 1 << 24  # elements of a row block's grid above which it does not pay either
 
@@ -492,12 +538,74 @@ def _scaled_error(g: torch.Tensor, diag: torch.Tensor, floor: torch.Tensor) -> t
 
 def _derivatives(obj, z: torch.Tensor, work=None, lowp=None) -> tuple:
     """obj.split_derivatives(z) in the (m, n, n) buffers `work`, or with `lowp` (obj's float32 twin) in this
-    thread's float32 buffers: then ∇L, ∇N and N come back in z's dtype and the Hessian in float32."""
+    thread's float32 buffers: then ∇L, ∇N and N come back in z's dtype and the Hessian in float32 — only
+    its diagonal (m, n) where `lowp` takes kernel steps (_kernel_direction builds the rest)."""
     if lowp is None:
         return obj.split_derivatives(z, out=None if work is None else _rows(work, z))
     low = lowp.log_ref.dtype
-    g, H, gn, fn = lowp.split_derivatives(z.to(low), out=_grid_work(2, *z.shape, slot="lowp", dtype=low))
+    out = _grid_work(2, *z.shape, slot="lowp", dtype=low)
+    if _kernel_steps(lowp):
+        g, H, gn, fn = lowp.split_grad_diag(z.to(low), out=out)
+    else:
+        g, H, gn, fn = lowp.split_derivatives(z.to(low), out=out)
     return g.to(z.dtype), H, gn.to(z.dtype), fn.to(z.dtype)
+
+
+def _hessian_diagonal(H: torch.Tensor) -> torch.Tensor:
+    """diag H (m, n) of a Hessian (m, n, n), or H itself where it is already the diagonal (kernel steps)."""
+    return H if H.dim() == 2 else torch.diagonal(H, dim1=1, dim2=2)
+
+
+def _assign_rows(derivs: tuple, rows: torch.Tensor, new: tuple) -> None:
+    """derivs[i][rows] = new[i] for (∇L, ∇²L, ∇N, N), the Hessian rows as their diagonal where derivs holds one."""
+    for full, part in zip(derivs, new):
+        full[rows] = (_hessian_diagonal(part) if full.dim() == 2 and part.dim() == 3 else part).to(full.dtype)
+
+
+# Kernel steps (lowrank.py): Newton steps whose preference Hessian is σ′ interpolated at k Chebyshev
+# nodes, for the float32 iterations of uniform-shown SPO objectives, where a step needs a few digits.
+_KERNEL_STEPS = True
+_KERNEL_TOL = 1e-2            # the interpolation error allowed, relative to σ′(0)
+_KERNEL_MIN_WORK = 1 << 24    # m n³ of a row block below which dense steps are faster (measured: (64, 64) and up)
+
+
+def _kernel_steps(obj) -> bool:
+    """Whether obj's Newton steps are kernel steps: an SPO objective with every pair shown equally, and a
+    block large enough that its ~100 small ops cost less than the n³ factorisations they replace."""
+    return _KERNEL_STEPS and isinstance(obj, SPOObjective) and obj.S_alpha is None \
+        and obj.n_contexts * obj.n_actions ** 3 >= _KERNEL_MIN_WORK
+
+
+def _kernel_direction(obj: SPOObjective, z: torch.Tensor, g: torch.Tensor, rebuild: Callable) -> torch.Tensor:
+    """The Newton step −M⁻¹g (m, n) with M = obj.kernel_hessian(z, k) + gauge, by Woodbury (lowrank.py).
+
+    k is the number of Chebyshev nodes the widest span of αz needs for _KERNEL_TOL, at most n/4;
+    contexts wider than n/4 nodes cover, and any whose solve is not finite or whose step is not a
+    descent direction (M indefinite), take the dense step of their Hessian rows, rebuild(rows).
+    Returned normalised to mean zero per context, in g's dtype.
+    """
+    low = obj.log_ref.dtype
+    zk, gk = z.to(low), g.to(low)
+    m, n = z.shape
+    x = obj.alpha[:, None] * zk
+    half = (x.amax(dim=1) - x.amin(dim=1)).mul_(0.5)
+    k_max = n // 4
+    k = chebyshev_rank(float(half.max()), _KERNEL_TOL)
+    fits = None
+    if k > k_max:        # the widest contexts go to the dense step
+        fits = half <= chebyshev_half_span(k_max, _KERNEL_TOL)
+        k = chebyshev_rank(float(half[fits].max()), _KERNEL_TOL) if bool(fits.any()) else 0
+    d = torch.zeros_like(gk)
+    if k:
+        D, Vt, G = obj.kernel_hessian(zk, k)
+        G[:, 0, 0] += D.abs().mean(dim=1) / n          # the gauge (1/n)·scale·11ᵀ, as T_0 = 1
+        d, ok = woodbury_step(gk, D, Vt, G)
+        ok &= (gk * d).sum(dim=1) < 0
+        fits = ok if fits is None else fits & ok
+    if fits is not None and not bool(fits.all()):
+        bad = ~fits
+        d[bad] = _newton_direction(gk[bad], rebuild(bad).to(low))
+    return (d - d.mean(dim=1, keepdim=True)).to(g.dtype)
 
 
 def _hessian_rows(obj, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -532,8 +640,7 @@ def _split_step(obj, z, d, slope, fn, small, derivatives):
         if bool(moved.any()):
             rows = redo.nonzero()[:, 0][moved]
             z_new[rows] = z[rows] + t_redo[moved, None] * d[rows]
-            for full, new in zip(derivs, part.subset(moved).split_derivatives(z_new[rows])):
-                full[rows] = new.to(full.dtype)
+            _assign_rows(derivs, rows, part.subset(moved).split_derivatives(z_new[rows]))
     return z_new, derivs, t
 
 
@@ -759,8 +866,7 @@ def _better_start(obj: SPOObjective, z0: torch.Tensor, z1: torch.Tensor, work=No
         if bool(swap.any()):
             rows = rows[swap]
             z0[rows] = z1[rows]
-            for full, new in zip(derivs, part.subset(swap).split_derivatives(z0[rows])):
-                full[rows] = new.to(full.dtype)
+            _assign_rows(derivs, rows, part.subset(swap).split_derivatives(z0[rows]))
     return z0, derivs
 
 
