@@ -199,3 +199,17 @@ def test_float32_iterations_end_when_they_stop_making_progress():
     z = torch.tensor(res.logits, requires_grad=True)
     (grad,) = torch.autograd.grad(obj.values(z).sum(), z)       # autograd, not the solver's gradient
     assert float(grad.abs().max()) <= 1e-15
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kernel_start_is_the_dense_quadratic_start(monkeypatch, dtype):
+    obj = objective(64, 64, seed=3, beta=0.3)
+    r = torch.tensor(make_problem(64, 64, seed=3, ref="dirichlet").rewards)
+    z_star = (r - r.mean(dim=1, keepdim=True)) / 0.7                 # the β = 0 minimiser
+    o = obj.astype(dtype)
+    assert ex._kernel_steps(o)
+    kernel = ex._kl_quadratic_start(o, z_star.to(dtype))
+    monkeypatch.setattr(ex, "_KERNEL_STEPS", False)
+    dense = ex._kl_quadratic_start(o, z_star.to(dtype))
+    assert kernel.dtype == dense.dtype == dtype
+    assert float((kernel - dense).abs().max()) <= 1e-3 * float((dense - z_star.to(dtype)).abs().max())

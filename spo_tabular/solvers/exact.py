@@ -382,7 +382,9 @@ def _newton(obj: PairwiseObjective, z: torch.Tensor, *, tol: float, max_iter: in
     converge and retire, for ten iterations.) The float32 iterations also end once one fails to
     halve the largest scaled gradient: where float32 is what limits it (large reward gaps, whose
     curvatures are tiny beside the gradient's rounding) they never reach _LOWP_ERR, and a (32, 16)
-    problem with rewards ×10 stalled in them for all of max_iter.
+    problem with rewards ×10 stalled in them for all of max_iter. Where `lowp` takes kernel steps
+    (_kernel_steps: uniform-shown SPO, large blocks) its derivatives carry the Hessian's diagonal
+    only, and the step is _kernel_direction's: no Hessian grid, no n × n factorisation.
     `check_start` (a start that is likely the minimiser already) first tests it with the gradient and
     the Hessian's diagonal only (obj.grad_hess_diag), and builds the Hessian only if needed.
 
