@@ -62,12 +62,13 @@ def sigmoid_kernel(x: Tensor, k: int, out: Tensor | None = None) -> tuple[Tensor
     lo, hi = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
     h = (hi - lo).mul_(0.5).clamp_(min=torch.finfo(x.dtype).tiny)
     Tt = torch.empty(m, k, n, dtype=x.dtype) if out is None else out[:, :k]
-    Tt[:, 0].fill_(1.0)
+    T = Tt.unbind(dim=1)                                          # the k rows, as views
+    T[0].fill_(1.0)
     if k > 1:
-        xi = torch.sub(x, lo, out=Tt[:, 1]).div_(h).sub_(1.0).clamp_(-1.0, 1.0)
+        xi = torch.sub(x, lo, out=T[1]).div_(h).sub_(1.0).clamp_(-1.0, 1.0)
         xi2 = xi * 2.0
         for q in range(2, k):                                     # T_q = 2ξ T_{q−1} − T_{q−2}
-            torch.mul(xi2, Tt[:, q - 1], out=Tt[:, q]).sub_(Tt[:, q - 2])
+            torch.mul(xi2, T[q - 1], out=T[q]).sub_(T[q - 2])
     s = torch.sigmoid(h[:, :, None] * diffs)
     F = s.mul_(1.0 - s)                                           # σ′ at the node differences
     A = torch.mm(F.reshape(m, k * k), coeffs).view(m, k, k)
