@@ -167,18 +167,16 @@ def _kl_quadratic_start(obj: SPOObjective, z_star: torch.Tensor, work=None) -> t
 
 def _kl_quadratic_start_kernel(obj: SPOObjective, z_star: torch.Tensor) -> torch.Tensor | None:
     """_kl_quadratic_start with H* from obj.kernel_hessian (uniform-shown SPO; lowrank.py): no grid pass and
-    no factorisation. None where the widest span of αz* needs more than n/4 Chebyshev nodes."""
+    no factorisation. None where some context's span of αz* needs more than n/4 Chebyshev nodes."""
     m, n = z_star.shape
-    x = obj.alpha[:, None] * z_star
-    k = chebyshev_rank(0.5 * float((x.amax(dim=1) - x.amin(dim=1)).max()), _KERNEL_TOL)
-    if k > n // 4:
+    k, fits = _kernel_nodes(obj, z_star)
+    if fits is not None:
         return None
     D, Tt, A = obj.kernel_hessian(z_star, k, with_kl=False)           # H* ≈ diag(D) + T A Tᵀ
     z_mid = 0.5 * (z_star + obj.log_ref)
-    p = torch.softmax(z_mid, dim=-1)
+    p, g_kl, _ = obj._kl_parts(z_mid)
     w = obj.beta * obj.context_probs
     wp = w[:, None] * p
-    g_kl = obj._kl_parts(z_mid)[1]
     # The right side H*z* + F_m z_m − βρ∇KL(z_m), as in _kl_quadratic_start.
     b = (D * z_star).add_((torch.bmm(A, torch.bmm(Tt, z_star[:, :, None])) * Tt).sum(dim=1)) \
         + wp * (z_mid - (p * z_mid).sum(dim=1, keepdim=True)) - w[:, None] * g_kl
@@ -578,6 +576,19 @@ def _kernel_steps(obj) -> bool:
         and obj.n_contexts * obj.n_actions ** 3 >= _KERNEL_MIN_WORK
 
 
+def _kernel_nodes(obj: SPOObjective, z: torch.Tensor) -> tuple:
+    """(k, fits): the Chebyshev nodes the widest span of αz (m, n) needs for _KERNEL_TOL among the contexts
+    that need at most n/4, and None where every context does, else the (m,) mask of those (k = 0: none)."""
+    x = obj.alpha[:, None] * z
+    half = (x.amax(dim=1) - x.amin(dim=1)).mul_(0.5)
+    k_max = z.shape[1] // 4
+    k = chebyshev_rank(float(half.max()), _KERNEL_TOL)
+    if k <= k_max:
+        return k, None
+    fits = half <= chebyshev_half_span(k_max, _KERNEL_TOL)
+    return (chebyshev_rank(float(half[fits].max()), _KERNEL_TOL) if bool(fits.any()) else 0), fits
+
+
 def _kernel_direction(obj: SPOObjective, z: torch.Tensor, g: torch.Tensor, rebuild: Callable) -> torch.Tensor:
     """The Newton step −M⁻¹g (m, n) with M = obj.kernel_hessian(z, k) + gauge, by Woodbury (lowrank.py).
 
@@ -588,15 +599,8 @@ def _kernel_direction(obj: SPOObjective, z: torch.Tensor, g: torch.Tensor, rebui
     """
     low = obj.log_ref.dtype
     zk, gk = z.to(low), g.to(low)
-    m, n = z.shape
-    x = obj.alpha[:, None] * zk
-    half = (x.amax(dim=1) - x.amin(dim=1)).mul_(0.5)
-    k_max = n // 4
-    k = chebyshev_rank(float(half.max()), _KERNEL_TOL)
-    fits = None
-    if k > k_max:        # the widest contexts go to the dense step
-        fits = half <= chebyshev_half_span(k_max, _KERNEL_TOL)
-        k = chebyshev_rank(float(half[fits].max()), _KERNEL_TOL) if bool(fits.any()) else 0
+    n = z.shape[1]
+    k, fits = _kernel_nodes(obj, zk)
     d = torch.zeros_like(gk)
     if k:
         D, Vt, G = obj.kernel_hessian(zk, k)
